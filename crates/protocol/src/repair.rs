@@ -1,0 +1,235 @@
+//! Repair planning and restore rules: K6–K11, K14.
+
+use core::time::Duration;
+
+use crate::resume::resume_window_ok;
+
+/// K6: an artifact is worth restoring only if it is ahead of the local fold.
+#[must_use]
+pub const fn restore_ahead(artifact: u64, local: u64) -> bool {
+    artifact > local
+}
+
+/// K6: a restore is allowed when the artifact is ahead of the local fold and
+/// a delta resume from the artifact's cursor is still inside the log (K1).
+#[must_use]
+pub const fn restore_allowed(artifact: u64, local: u64, first_sequence: u64) -> bool {
+    restore_ahead(artifact, local) && resume_window_ok(artifact, first_sequence)
+}
+
+/// K7: whether the bucket's key listing is the truth, i.e. a key that is not
+/// listed was really deleted.
+///
+/// False once the cursor's memo has seen retention evict current values
+/// (`seen_evicting`), and false on a bucket that evicts current values unless
+/// nothing was ever evicted from its head (`first_revision <= 1`).
+#[must_use]
+pub const fn listing_is_truth(
+    evicts_current_values: bool,
+    first_revision: u64,
+    seen_evicting: bool,
+) -> bool {
+    !seen_evicting && (!evicts_current_values || first_revision <= 1)
+}
+
+/// How the engine repairs an expired cursor, as configured by the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RepairMode {
+    /// Re-list without deleting: deletes lost in the gap may persist.
+    None,
+    /// Re-list the bucket and delete fold keys it no longer lists; refuse
+    /// when the listing is not the truth.
+    Relist,
+    /// Restore from a snapshot artifact.
+    Restore,
+    /// Re-list when the listing is the truth, restore otherwise.
+    #[default]
+    Auto,
+}
+
+/// K8's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RepairPlan {
+    /// State-sync without synthetic deletes (mode `None`): deletes lost in
+    /// the gap may persist; the engine warns.
+    RelistOnly,
+    /// State-sync, deleting fold keys the listing lacks.
+    Relist,
+    /// A relist was asked for but the listing is not the truth: stop.
+    RefuseRelist,
+    /// Restore from an artifact, then resume from its cursor.
+    Restore,
+}
+
+/// K8: plan a repair from the mode and whether the listing is the truth
+/// (`None` when unknown).
+#[must_use]
+pub const fn plan_repair(mode: RepairMode, listing_truth: Option<bool>) -> RepairPlan {
+    let truth = matches!(listing_truth, Some(true));
+    match mode {
+        RepairMode::None => RepairPlan::RelistOnly,
+        RepairMode::Relist if truth => RepairPlan::Relist,
+        RepairMode::Relist => RepairPlan::RefuseRelist,
+        RepairMode::Restore => RepairPlan::Restore,
+        RepairMode::Auto if truth => RepairPlan::Relist,
+        RepairMode::Auto => RepairPlan::Restore,
+    }
+}
+
+/// K9: whether a start without a cursor must repair before watching.
+///
+/// Yes when the fold already holds data (a re-list never removes what it
+/// does not deliver), or when a restore is armed and the listing is not
+/// known to be the truth (a state-sync would miss aged-out keys).
+#[must_use]
+pub const fn cursorless_start_needs_repair(
+    mode: RepairMode,
+    fold_has_data: bool,
+    listing_truth: Option<bool>,
+) -> bool {
+    let restore_armed = matches!(mode, RepairMode::Restore | RepairMode::Auto);
+    fold_has_data || (restore_armed && !matches!(listing_truth, Some(true)))
+}
+
+/// K10's decision for one key during a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RestoreAction {
+    /// Leave the local entry (or absence) as it is.
+    Keep,
+    /// Take the artifact's entry.
+    Take,
+    /// Delete the local entry.
+    Delete,
+}
+
+/// K10: reconcile one key between the local fold and an artifact.
+///
+/// `local` and `artifact` are the key's ranks on each side (`None` when the
+/// side lacks the key), `identical` says both sides hold the same entry, and
+/// `listed_live` says the bucket currently lists the key as live. Takes the
+/// artifact's entry unless the local one is newer (never moves a key
+/// backward); deletes a local key the artifact lacks only if the bucket does
+/// not list it live (never a phantom delete).
+#[must_use]
+pub const fn restore_key(
+    local: Option<u64>,
+    artifact: Option<u64>,
+    identical: bool,
+    listed_live: bool,
+) -> RestoreAction {
+    match (local, artifact) {
+        (_, Some(_)) if identical => RestoreAction::Keep,
+        (Some(l), Some(a)) => {
+            if a >= l {
+                RestoreAction::Take
+            } else {
+                RestoreAction::Keep
+            }
+        }
+        (None, Some(_)) => RestoreAction::Take,
+        (Some(_), None) => {
+            if listed_live {
+                RestoreAction::Keep
+            } else {
+                RestoreAction::Delete
+            }
+        }
+        (None, None) => RestoreAction::Keep,
+    }
+}
+
+/// K11: whether an apparent expiry is only supersession.
+///
+/// True iff age is the bucket's only way to evict current values and the
+/// message at the cursor is at most half of `max_age` old: then nothing the
+/// fold holds can have aged out unseen, and the resume may start at the first
+/// retained sequence. Unknown ages never qualify.
+#[must_use]
+pub fn gap_holds_no_eviction(
+    cursor_msg_age: Option<Duration>,
+    max_age: Option<Duration>,
+    age_is_only_eviction: bool,
+) -> bool {
+    match (cursor_msg_age, max_age) {
+        (Some(age), Some(max)) if age_is_only_eviction && !max.is_zero() => age <= max / 2,
+        _ => false,
+    }
+}
+
+/// The fraction of the in-scope fold a repair may delete without an explicit
+/// override (K14), in parts per million so the check is exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MassDeleteLimit {
+    parts_per_million: u32,
+}
+
+impl MassDeleteLimit {
+    /// One million parts: the whole fold.
+    pub const WHOLE: u32 = 1_000_000;
+
+    /// A limit of `parts_per_million` / 1,000,000 of the fold (clamped to the
+    /// whole fold).
+    #[must_use]
+    pub const fn from_parts_per_million(parts_per_million: u32) -> Self {
+        let clamped = if parts_per_million > Self::WHOLE {
+            Self::WHOLE
+        } else {
+            parts_per_million
+        };
+        Self {
+            parts_per_million: clamped,
+        }
+    }
+
+    /// A limit in percent (clamped to 100).
+    #[must_use]
+    pub const fn from_percent(percent: u32) -> Self {
+        Self::from_parts_per_million(percent.saturating_mul(10_000))
+    }
+
+    /// The limit in parts per million.
+    #[must_use]
+    pub const fn parts_per_million(self) -> u32 {
+        self.parts_per_million
+    }
+}
+
+impl Default for MassDeleteLimit {
+    /// Half of the fold.
+    fn default() -> Self {
+        Self::from_percent(50)
+    }
+}
+
+/// K14's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MassDeleteVerdict {
+    /// The repair may delete this many keys.
+    Proceed,
+    /// Too many deletions: hold the repair until explicitly overridden.
+    Hold,
+}
+
+/// K14: hold a repair that would delete more than `limit` of the in-scope
+/// fold, or every key of a non-empty fold.
+#[must_use]
+pub const fn mass_delete_guard(
+    fold_len: u64,
+    deletions: u64,
+    limit: MassDeleteLimit,
+) -> MassDeleteVerdict {
+    if deletions == 0 {
+        return MassDeleteVerdict::Proceed;
+    }
+    if fold_len > 0 && deletions >= fold_len {
+        return MassDeleteVerdict::Hold;
+    }
+    // deletions / fold_len > ppm / 1e6, exact in u128.
+    let lhs = deletions as u128 * MassDeleteLimit::WHOLE as u128;
+    let rhs = limit.parts_per_million as u128 * fold_len as u128;
+    if lhs > rhs {
+        MassDeleteVerdict::Hold
+    } else {
+        MassDeleteVerdict::Proceed
+    }
+}
