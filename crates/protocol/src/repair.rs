@@ -118,7 +118,9 @@ pub const fn restore_key(
     listed_live: bool,
 ) -> RestoreAction {
     match (local, artifact) {
-        (_, Some(_)) if identical => RestoreAction::Keep,
+        // `identical` only means something when both sides hold the key; a
+        // missing local entry always takes the artifact's.
+        (Some(_), Some(_)) if identical => RestoreAction::Keep,
         (Some(l), Some(a)) => {
             if a >= l {
                 RestoreAction::Take
