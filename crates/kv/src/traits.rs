@@ -51,8 +51,7 @@ pub trait KvWriter: Send + Sync {
 
     /// Store a value only if the key has no live value
     /// ([`KvError::AlreadyExists`] otherwise).
-    fn create(&self, key: &str, value: Bytes)
-    -> impl Future<Output = Result<u64, KvError>> + Send;
+    fn create(&self, key: &str, value: Bytes) -> impl Future<Output = Result<u64, KvError>> + Send;
 
     /// Store a value only if the key's latest revision is `expected`
     /// ([`KvError::RevisionMismatch`] otherwise).

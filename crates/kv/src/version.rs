@@ -119,7 +119,10 @@ mod tests {
             VersionToken::from_bytes(&[1; 11]),
             Err(KvError::InvalidVersion { len: 11 })
         ));
-        assert_eq!(VersionToken::from_bytes(&[7; 10]).unwrap().as_bytes(), &[7; 10]);
+        assert_eq!(
+            VersionToken::from_bytes(&[7; 10]).unwrap().as_bytes(),
+            &[7; 10]
+        );
     }
 
     #[test]
