@@ -194,6 +194,10 @@ pub async fn retention_reports_limits_truthfully<H: ConformanceHarness>(h: &H) {
     ];
     for (case, config, evicts, age_only) in cases {
         let fx = Fixture::new(h, case, config).await;
+        if case == "ret-ttl" && !fx.conn.capabilities().per_message_ttl {
+            // The server cannot enable per-message TTL (NATS before 2.11).
+            continue;
+        }
         let r = fx.retention().await;
         assert_eq!(
             (r.evicts_current_values, r.age_is_only_eviction),

@@ -1,0 +1,154 @@
+//! Decoding raw KV messages (N9) and showing payloads in logs (N12).
+
+use core::fmt;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use slipstream_kv::{KvEntry, KvMarker, KvUpdate, Timestamp, VersionToken};
+
+use crate::ack::AckInfo;
+
+/// The header naming a KV operation.
+pub(crate) const KV_OPERATION: &str = "KV-Operation";
+/// The header carrying a value's size in headers-only deliveries.
+pub(crate) const MSG_SIZE: &str = "Nats-Msg-Size";
+
+/// What a KV message does to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Put,
+    Delete,
+    Purge,
+}
+
+/// The operation a message's headers announce; absent means put.
+pub(crate) fn operation(headers: Option<&HeaderMap>) -> Operation {
+    match headers
+        .and_then(|h| h.get(KV_OPERATION))
+        .map(async_nats::HeaderValue::as_str)
+    {
+        Some("DEL") => Operation::Delete,
+        Some("PURGE") => Operation::Purge,
+        _ => Operation::Put,
+    }
+}
+
+/// The key of a subject in the bucket's keyspace, or `None` for a subject
+/// outside it.
+pub(crate) fn key_of<'a>(subject: &'a str, keyspace: &str) -> Option<&'a str> {
+    subject.strip_prefix(keyspace).filter(|k| !k.is_empty())
+}
+
+/// Build the update a raw message stands for (N9).
+pub(crate) fn to_update(
+    subject: &str,
+    keyspace: &str,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+    ack: AckInfo,
+) -> Option<KvUpdate> {
+    let key = key_of(subject, keyspace)?.to_owned();
+    let version = ack
+        .stream_sequence
+        .map_or_else(VersionToken::unknown, VersionToken::from_u64);
+    let created = ack.timestamp.map(Timestamp::from_unix_nanos);
+    Some(match operation(headers) {
+        Operation::Put => KvUpdate::Put(KvEntry {
+            key,
+            value: payload,
+            version,
+            created,
+        }),
+        Operation::Delete => KvUpdate::Delete(KvMarker {
+            key,
+            version,
+            created,
+        }),
+        Operation::Purge => KvUpdate::Purge(KvMarker {
+            key,
+            version,
+            created,
+        }),
+    })
+}
+
+/// A value size from a headers-only delivery.
+pub(crate) fn message_size(headers: Option<&HeaderMap>) -> Option<u64> {
+    headers?.get(MSG_SIZE)?.as_str().trim().parse().ok()
+}
+
+/// Shows server bytes in a log line: UTF-8 when valid, hex otherwise, never
+/// with replacement characters (N12).
+pub struct LogPayload<'a>(pub &'a [u8]);
+
+impl fmt::Display for LogPayload<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match core::str::from_utf8(self.0) {
+            Ok(text) => write!(f, "{text:?}"),
+            Err(_) => {
+                f.write_str("0x")?;
+                for b in self.0 {
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for LogPayload<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::parse_ack_subject;
+
+    #[test]
+    fn subject_outside_the_keyspace_is_skipped() {
+        assert_eq!(key_of("$KV.b.a.x", "$KV.b."), Some("a.x"));
+        assert_eq!(key_of("$KV.other.a", "$KV.b."), None);
+        assert_eq!(key_of("$KV.b.", "$KV.b."), None);
+    }
+
+    #[test]
+    fn operation_header_decides_the_update_kind() {
+        let ack = parse_ack_subject("$JS.ACK.KV_b.c.1.9.1.5.0");
+        let mut del = HeaderMap::new();
+        del.insert(KV_OPERATION, "DEL");
+        let mut purge = HeaderMap::new();
+        purge.insert(KV_OPERATION, "PURGE");
+        let put = to_update("$KV.b.k", "$KV.b.", None, Bytes::from_static(b"v"), ack).unwrap();
+        assert!(
+            matches!(&put, KvUpdate::Put(e) if e.value == "v" && e.version.as_u64() == Some(9))
+        );
+        assert_eq!(put.created(), Some(Timestamp::from_unix_nanos(5)));
+        let d = to_update("$KV.b.k", "$KV.b.", Some(&del), Bytes::new(), ack).unwrap();
+        assert!(matches!(d, KvUpdate::Delete(_)));
+        let p = to_update("$KV.b.k", "$KV.b.", Some(&purge), Bytes::new(), ack).unwrap();
+        assert!(matches!(p, KvUpdate::Purge(_)));
+    }
+
+    #[test]
+    fn unparseable_ack_gives_an_unknown_version() {
+        let u = to_update("$KV.b.k", "$KV.b.", None, Bytes::new(), AckInfo::default()).unwrap();
+        assert!(u.version().is_unknown());
+    }
+
+    #[test]
+    fn log_payload_is_utf8_or_hex_never_lossy() {
+        assert_eq!(LogPayload(b"hello").to_string(), "\"hello\"");
+        assert_eq!(LogPayload(&[0xff, 0x00, 0x41]).to_string(), "0xff0041");
+    }
+
+    #[test]
+    fn message_size_reads_the_header() {
+        let mut h = HeaderMap::new();
+        h.insert(MSG_SIZE, "12");
+        assert_eq!(message_size(Some(&h)), Some(12));
+        assert_eq!(message_size(None), None);
+    }
+}

@@ -1,0 +1,521 @@
+//! Watches (N7) with the live floor guard (N8).
+
+use core::pin::Pin;
+use core::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::Message;
+use futures::Stream;
+use slipstream_kv::{
+    BucketIdentity, ExpiryReason, KvError, KvWatcher, Retention, WatchEvent, WatchScope, WatchStart,
+};
+use slipstream_protocol::{
+    FloorVerdict, cursor_beyond_log, floor_verdict, gap_needs_floor_check, resume_start_sequence,
+    resume_window_ok,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::ack::parse_ack_subject;
+use crate::api::{STREAM_NOT_FOUND, StreamFacts};
+use crate::bucket::{names_start_problem, retention_of};
+use crate::consumer::{ConsumerRequest, Delivery, PushConsumer, StartPolicy, filter_subjects};
+use crate::decode::to_update;
+use crate::error::NatsError;
+use crate::store::NatsBucket;
+
+/// How many events a watch buffers ahead of its reader. A full buffer stops
+/// reading the inbox, and flow control then pauses the server.
+const BUFFER: usize = 256;
+
+type Item = Result<WatchEvent, KvError>;
+
+/// A running watch: `Update`s in revision order, one `CaughtUp`, and an
+/// error item (after which the stream ends) when the watch cannot go on.
+/// Dropping it deletes the server-side consumer in the background.
+#[derive(Debug)]
+pub struct NatsWatch {
+    rx: mpsc::Receiver<Item>,
+    // Keeps a watch of nothing open: it has caught up and never ends.
+    _nothing: Option<mpsc::Sender<Item>>,
+}
+
+impl NatsWatch {
+    fn nothing() -> Self {
+        let (tx, rx) = mpsc::channel(1);
+        // A fresh channel of capacity 1 always has room.
+        let _ = tx.try_send(Ok(WatchEvent::CaughtUp));
+        Self {
+            rx,
+            _nothing: Some(tx),
+        }
+    }
+}
+
+impl Stream for NatsWatch {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+fn expired(reason: ExpiryReason) -> KvError {
+    KvError::CursorExpired { reason }
+}
+
+/// Identity, K3 and K1 for a resume after `rank` (N7).
+fn check_resume(
+    identity: Option<&BucketIdentity>,
+    rank: u64,
+    facts: &StreamFacts,
+) -> Result<(), KvError> {
+    if let Some(expected) = identity
+        && *expected != facts.identity
+    {
+        return Err(expired(ExpiryReason::IdentityChanged {
+            expected: expected.clone(),
+            found: facts.identity.clone(),
+        }));
+    }
+    if cursor_beyond_log(rank, facts.last_sequence) {
+        return Err(expired(ExpiryReason::BeyondLastSequence {
+            revision: rank,
+            last_sequence: facts.last_sequence,
+        }));
+    }
+    if !resume_window_ok(rank, facts.first_sequence) {
+        return Err(expired(ExpiryReason::BelowFirstSequence {
+            revision: rank,
+            first_sequence: facts.first_sequence,
+        }));
+    }
+    Ok(())
+}
+
+impl NatsBucket {
+    async fn facts(&self) -> Result<StreamFacts, KvError> {
+        Ok(self.inner.conn.stream_facts(&self.inner.stream).await?)
+    }
+
+    /// Create a watch consumer; a start-sequence complaint is expiry.
+    async fn watch_consumer(
+        &self,
+        filters: &[String],
+        start: StartPolicy,
+    ) -> Result<PushConsumer, KvError> {
+        let conn = &self.inner.conn;
+        let request = ConsumerRequest {
+            stream: &self.inner.stream,
+            filters,
+            start,
+            headers_only: false,
+        };
+        match PushConsumer::create(conn, &request, conn.settings.idle_heartbeat).await {
+            Ok(c) => Ok(c),
+            Err(NatsError::Api { err_code, .. }) if err_code == STREAM_NOT_FOUND => {
+                Err(KvError::BucketNotFound {
+                    bucket: self.inner.name.clone(),
+                })
+            }
+            Err(NatsError::Api { description, .. })
+                if matches!(start, StartPolicy::ByStartSequence(_))
+                    && names_start_problem(&description) =>
+            {
+                Err(expired(ExpiryReason::StartRejected {
+                    detail: description,
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Create a consumer resuming after `rank`, checking the log before and
+    /// after creation: the server clamps silently, so detection is ours.
+    async fn resume_consumer(
+        &self,
+        filters: &[String],
+        identity: Option<&BucketIdentity>,
+        rank: u64,
+    ) -> Result<PushConsumer, KvError> {
+        let start = resume_start_sequence(rank).ok_or(expired(ExpiryReason::NoNextSequence))?;
+        check_resume(identity, rank, &self.facts().await?)?;
+        let consumer = self
+            .watch_consumer(filters, StartPolicy::ByStartSequence(start))
+            .await?;
+        let after = match self.facts().await {
+            Ok(after) => after,
+            Err(e) => {
+                consumer.delete().await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = check_resume(identity, rank, &after) {
+            consumer.delete().await;
+            return Err(e);
+        }
+        Ok(consumer)
+    }
+}
+
+impl KvWatcher for NatsBucket {
+    type WatchStream = NatsWatch;
+
+    async fn watch(&self, scope: &WatchScope, start: WatchStart) -> Result<NatsWatch, KvError> {
+        scope.validate()?;
+        self.inner.conn.ensure_open()?;
+        if scope.is_empty() {
+            return Ok(NatsWatch::nothing());
+        }
+        let prefixes: Vec<String> = match scope {
+            WatchScope::All => vec![String::new()],
+            WatchScope::Prefix(p) => vec![p.clone()],
+            WatchScope::Prefixes(ps) => ps.clone(),
+        };
+        let filters = filter_subjects(&self.inner.keyspace, &prefixes);
+        let (consumer, identity, frontier) = match &start {
+            WatchStart::Relist => {
+                let identity = self.facts().await?.identity;
+                let consumer = self
+                    .watch_consumer(&filters, StartPolicy::LastPerSubject)
+                    .await?;
+                (consumer, identity, None)
+            }
+            WatchStart::After(cursor) => {
+                let rank = cursor.rank();
+                let consumer = self
+                    .resume_consumer(&filters, cursor.identity(), rank)
+                    .await?;
+                let identity = match cursor.identity() {
+                    Some(id) => id.clone(),
+                    None => self.facts().await?.identity,
+                };
+                (consumer, identity, Some(rank))
+            }
+        };
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let task = WatchTask {
+            bucket: self.clone(),
+            floor_guard: scope.is_all() && frontier.is_some(),
+            filters,
+            identity,
+            frontier,
+            expected_cseq: 1,
+            catch_up: Some(consumer.initial_pending),
+            tx,
+        };
+        debug!(consumer = consumer.name(), ?scope, "watch started");
+        tokio::spawn(task.run(consumer));
+        Ok(NatsWatch { rx, _nothing: None })
+    }
+
+    async fn retention(&self) -> Result<Retention, KvError> {
+        Ok(retention_of(&self.facts().await?))
+    }
+}
+
+enum Step {
+    Stop,
+    Probe,
+    Got(Delivery),
+}
+
+enum Flow {
+    Continue,
+    Recreate(String),
+    Stop,
+}
+
+struct WatchTask {
+    bucket: NatsBucket,
+    filters: Vec<String>,
+    identity: BucketIdentity,
+    floor_guard: bool,
+    /// The highest revision passed on (or the resume cursor's).
+    frontier: Option<u64>,
+    expected_cseq: u64,
+    /// Deliveries left before `CaughtUp`; `None` once it was sent.
+    catch_up: Option<u64>,
+    tx: mpsc::Sender<Item>,
+}
+
+impl WatchTask {
+    async fn run(mut self, mut consumer: PushConsumer) {
+        let settings = self.bucket.inner.conn.settings.clone();
+        let probe_every = settings.floor_probe_interval.max(Duration::from_millis(10));
+        let mut probe = tokio::time::interval_at(Instant::now() + probe_every, probe_every);
+        // After a long send to a slow reader, one probe is enough.
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stall_after = settings.idle_heartbeat.saturating_mul(3);
+        if !self.arm_catch_up(consumer.initial_pending).await {
+            consumer.delete().await;
+            return;
+        }
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = self.tx.closed() => Step::Stop,
+                _ = probe.tick(), if self.floor_guard => Step::Probe,
+                d = consumer.next(stall_after) => Step::Got(d),
+            };
+            let flow = match step {
+                Step::Stop => Flow::Stop,
+                Step::Probe => self.probe().await,
+                Step::Got(Delivery::Data(msg)) => self.on_message(msg).await,
+                Step::Got(
+                    Delivery::FlowControl(subject)
+                    | Delivery::Heartbeat {
+                        stalled: Some(subject),
+                        ..
+                    },
+                ) => match consumer
+                    .reply_flow_control(&self.bucket.inner.conn, subject)
+                    .await
+                {
+                    Ok(()) => Flow::Continue,
+                    Err(e) => Flow::Recreate(e.to_string()),
+                },
+                Step::Got(Delivery::Heartbeat {
+                    last_consumer_sequence: Some(last),
+                    ..
+                }) if last.saturating_add(1) != self.expected_cseq => Flow::Recreate(format!(
+                    "heartbeat reports consumer sequence {last}, next expected {}",
+                    self.expected_cseq
+                )),
+                Step::Got(Delivery::Heartbeat { .. }) => Flow::Continue,
+                Step::Got(Delivery::Ended(reason)) => Flow::Recreate(reason),
+                Step::Got(Delivery::Idle) => {
+                    Flow::Recreate(format!("no delivery or heartbeat for {stall_after:?}"))
+                }
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Stop => break,
+                Flow::Recreate(reason) => {
+                    warn!(consumer = consumer.name(), %reason, "watch consumer lost; re-creating it");
+                    // Dropping deletes the old consumer in the background.
+                    drop(consumer);
+                    match self.recreate(settings.reconnect_budget).await {
+                        Ok(next) => {
+                            consumer = next;
+                            if !self.arm_catch_up(consumer.initial_pending).await {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = self.tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        consumer.delete().await;
+    }
+
+    /// Reset the catch-up count for a fresh consumer; send `CaughtUp` when
+    /// nothing is pending. False when the reader is gone.
+    async fn arm_catch_up(&mut self, pending: u64) -> bool {
+        self.expected_cseq = 1;
+        if self.catch_up.is_none() {
+            return true;
+        }
+        self.catch_up = Some(pending);
+        if pending == 0 {
+            self.catch_up = None;
+            return self.tx.send(Ok(WatchEvent::CaughtUp)).await.is_ok();
+        }
+        true
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Flow {
+        let ack = parse_ack_subject(msg.reply.as_deref().unwrap_or_default());
+        if let Some(cseq) = ack.consumer_sequence {
+            if cseq != self.expected_cseq {
+                return Flow::Recreate(format!(
+                    "consumer sequence {cseq}, expected {}: deliveries lost",
+                    self.expected_cseq
+                ));
+            }
+            self.expected_cseq += 1;
+        }
+        if let (Some(frontier), Some(seq)) = (self.frontier, ack.stream_sequence) {
+            if seq <= frontier {
+                // A replay from a re-created consumer: already passed on.
+                return Flow::Continue;
+            }
+            if self.floor_guard && gap_needs_floor_check(frontier, seq) {
+                match self.bucket.facts().await {
+                    Ok(facts) => {
+                        if floor_verdict(frontier, facts.first_sequence) == FloorVerdict::Overrun {
+                            return self.fail_overrun(frontier, facts.first_sequence).await;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = self.tx.send(Err(e)).await;
+                        return Flow::Stop;
+                    }
+                }
+            }
+        }
+        if let Some(seq) = ack.stream_sequence {
+            self.frontier = Some(self.frontier.map_or(seq, |f| f.max(seq)));
+        }
+        let update = to_update(
+            &msg.subject,
+            &self.bucket.inner.keyspace,
+            msg.headers.as_ref(),
+            msg.payload,
+            ack,
+        );
+        if let Some(update) = update
+            && self.tx.send(Ok(WatchEvent::Update(update))).await.is_err()
+        {
+            return Flow::Stop;
+        }
+        if let Some(left) = self.catch_up {
+            let left = left.saturating_sub(1);
+            if left == 0 || ack.pending == Some(0) {
+                self.catch_up = None;
+                if self.tx.send(Ok(WatchEvent::CaughtUp)).await.is_err() {
+                    return Flow::Stop;
+                }
+            } else {
+                self.catch_up = Some(left);
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn fail_overrun(&self, frontier: u64, first_sequence: u64) -> Flow {
+        warn!(frontier, first_sequence, "live watch overrun by retention");
+        let _ = self
+            .tx
+            .send(Err(expired(ExpiryReason::FloorOverrun {
+                frontier,
+                first_sequence,
+            })))
+            .await;
+        Flow::Stop
+    }
+
+    /// The backstop probe (N8): retention may pass the frontier while
+    /// nothing is delivered.
+    async fn probe(&self) -> Flow {
+        let Some(frontier) = self.frontier else {
+            return Flow::Continue;
+        };
+        match self.bucket.facts().await {
+            Ok(facts) if floor_verdict(frontier, facts.first_sequence) == FloorVerdict::Overrun => {
+                self.fail_overrun(frontier, facts.first_sequence).await
+            }
+            Ok(_) => Flow::Continue,
+            Err(e) => {
+                debug!(error = %e, "floor probe failed; the next one retries");
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Re-create the consumer after the frontier, retrying transient
+    /// failures within `budget`.
+    async fn recreate(&mut self, budget: Duration) -> Result<PushConsumer, KvError> {
+        let give_up = Instant::now() + budget;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = match self.frontier {
+                Some(rank) => {
+                    self.bucket
+                        .resume_consumer(&self.filters, Some(&self.identity), rank)
+                        .await
+                }
+                None => {
+                    self.bucket
+                        .watch_consumer(&self.filters, StartPolicy::LastPerSubject)
+                        .await
+                }
+            };
+            match attempt {
+                Ok(consumer) => return Ok(consumer),
+                Err(e @ (KvError::CursorExpired { .. } | KvError::NotConnected)) => return Err(e),
+                Err(e) if Instant::now() + backoff >= give_up => {
+                    return Err(KvError::Watch(format!(
+                        "could not re-create the watch consumer within {budget:?}: {e}"
+                    )));
+                }
+                Err(e) => {
+                    debug!(error = %e, ?backoff, "re-creating the watch consumer failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipstream_kv::Timestamp;
+
+    fn facts(first: u64, last: u64, created: u64) -> StreamFacts {
+        StreamFacts {
+            first_sequence: first,
+            last_sequence: last,
+            bytes: 0,
+            consumer_count: 0,
+            identity: BucketIdentity {
+                stream: "KV_b".into(),
+                created: Timestamp::from_unix_nanos(created),
+            },
+            observed_at: Timestamp::from_unix_nanos(0),
+            max_age: None,
+            max_msgs: -1,
+            max_bytes: -1,
+            discard_old: true,
+            allow_msg_ttl: false,
+        }
+    }
+
+    #[test]
+    fn resume_checks_identity_then_beyond_then_below() {
+        let f = facts(5, 10, 1);
+        assert!(check_resume(None, 4, &f).is_ok());
+        assert!(check_resume(None, 10, &f).is_ok());
+        let below = check_resume(None, 3, &f).unwrap_err();
+        assert!(matches!(
+            below,
+            KvError::CursorExpired {
+                reason: ExpiryReason::BelowFirstSequence {
+                    revision: 3,
+                    first_sequence: 5
+                }
+            }
+        ));
+        let beyond = check_resume(None, 11, &f).unwrap_err();
+        assert!(matches!(
+            beyond,
+            KvError::CursorExpired {
+                reason: ExpiryReason::BeyondLastSequence { .. }
+            }
+        ));
+        let other = facts(5, 10, 2).identity;
+        let changed = check_resume(Some(&other), 6, &f).unwrap_err();
+        assert!(matches!(
+            changed,
+            KvError::CursorExpired {
+                reason: ExpiryReason::IdentityChanged { .. }
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_watch_of_nothing_is_caught_up_at_once_and_stays_open() {
+        use futures::StreamExt;
+        let mut w = NatsWatch::nothing();
+        assert_eq!(w.next().await, Some(Ok(WatchEvent::CaughtUp)));
+        let more = tokio::time::timeout(Duration::from_millis(20), w.next()).await;
+        assert!(more.is_err(), "a watch of nothing must not end or deliver");
+    }
+}

@@ -1,0 +1,48 @@
+//! Connections and buckets with the short bounds live tests use.
+
+use std::time::Duration;
+
+use slipstream_kv::{Connection, StoreConfig};
+use slipstream_nats::{BackendSettings, NatsBucket, NatsConfig, NatsConnection};
+
+/// Settings for tests: short round-trip bound and fast heartbeats, so a
+/// broken behaviour fails quickly instead of waiting out production
+/// defaults.
+#[must_use]
+pub fn test_settings() -> BackendSettings {
+    BackendSettings::default()
+        .request_timeout(Duration::from_secs(5))
+        .idle_heartbeat(Duration::from_millis(500))
+        .inactive_threshold(Duration::from_secs(60))
+        .reconnect_budget(Duration::from_secs(20))
+}
+
+/// A connected connection to `url` with [`test_settings`].
+///
+/// # Panics
+/// When connecting fails.
+pub async fn connect(url: &str) -> NatsConnection {
+    connect_with(NatsConfig::new(url).settings(test_settings())).await
+}
+
+/// A connected connection with `config`.
+///
+/// # Panics
+/// When connecting fails.
+pub async fn connect_with(config: NatsConfig) -> NatsConnection {
+    let conn = NatsConnection::new(config);
+    conn.connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    conn
+}
+
+/// Open (creating) a bucket.
+///
+/// # Panics
+/// When opening fails.
+pub async fn open(conn: &NatsConnection, config: StoreConfig) -> NatsBucket {
+    conn.store_with_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("open bucket {}: {e}", config.name))
+}
