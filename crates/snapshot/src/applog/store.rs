@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use slipstream_kv::{KvUpdate, WatchCursor};
 
@@ -220,14 +221,30 @@ fn check_update(update: &KvUpdate) -> Result<(), SnapshotError> {
     Ok(())
 }
 
+/// How long `open` waits for a directory lock held elsewhere. A lock can be
+/// held briefly by a process that is exiting, or by a forked child of this
+/// process that has not reached `exec` yet (it shares the open file until
+/// then); only a lock held past this wait is a real second owner.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 fn lock_dir(dir: &Path) -> Result<File, SnapshotError> {
     let handle = File::open(dir).map_err(|e| SnapshotError::io("open directory", dir, e))?;
-    match handle.try_lock() {
-        Ok(()) => Ok(handle),
-        Err(fs::TryLockError::WouldBlock) => Err(SnapshotError::Locked {
-            path: dir.to_owned(),
-        }),
-        Err(fs::TryLockError::Error(e)) => Err(SnapshotError::io("lock directory", dir, e)),
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match handle.try_lock() {
+            Ok(()) => return Ok(handle),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(SnapshotError::Locked {
+                    path: dir.to_owned(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(SnapshotError::io("lock directory", dir, e));
+            }
+        }
     }
 }
 

@@ -1,0 +1,237 @@
+//! The engine's configuration: scope, batching, store, exports, shutdown,
+//! timeouts.
+
+use std::time::Duration;
+
+use slipstream_kv::{WatchCursor, WatchScope};
+use slipstream_snapshot::SnapshotStore;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::AppliedError;
+use crate::export::ExportRequests;
+use crate::slot::NoStore;
+
+/// When a batch closes (E2). A batch also closes on shutdown, at the end of
+/// the stream, on an export request and when the watch has caught up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPolicy {
+    /// How long a batch stays open after its first update arrived (default
+    /// 10 ms). The timer starts with the first received update, even one
+    /// `parse` rejects.
+    pub window: Duration,
+    /// The most updates a batch holds, parsed or rejected (default 100).
+    pub max: usize,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_millis(10),
+            max: 100,
+        }
+    }
+}
+
+/// Bounds on operations that could otherwise hang.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Starting a watch (default 30 s).
+    pub watch_setup: Duration,
+    /// Reading the bucket's retention (default 30 s).
+    pub retention: Duration,
+    /// Waiting for the store to close in [`AppliedWatch::run_and_close`]
+    /// (default 30 s).
+    ///
+    /// [`AppliedWatch::run_and_close`]: crate::AppliedWatch::run_and_close
+    pub close: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            watch_setup: Duration::from_secs(30),
+            retention: Duration::from_secs(30),
+            close: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How failures that may pass are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first pause before a retry (default 100 ms); doubles per attempt.
+    pub initial_backoff: Duration,
+    /// The longest pause (default 5 s).
+    pub max_backoff: Duration,
+    /// Consecutive failed store commits after which the watch stops (E4,
+    /// default 16).
+    pub max_store_failures: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            max_store_failures: 16,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before retry number `attempt` (1-based).
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// How an applied watch is set up (architecture: one entry point taking the
+/// watcher plus this config).
+///
+/// `S` is the store the fold is committed to, or [`NoStore`]: then the
+/// caller supplies the resume cursor ([`AppliedConfig::resume_from`]) and
+/// persists the one `on_applied` reports (E6).
+#[derive(Debug)]
+pub struct AppliedConfig<S = NoStore> {
+    pub(crate) settings: Settings,
+    pub(crate) store: S,
+    pub(crate) resume: WatchCursor,
+    pub(crate) exports: Option<ExportRequests>,
+}
+
+/// Everything of a config but the store, the resume cursor and the export
+/// channel.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) name: String,
+    pub(crate) scope: WatchScope,
+    pub(crate) batch: BatchPolicy,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) status_interval: Duration,
+}
+
+impl AppliedConfig<NoStore> {
+    /// A watch of `scope` without a store, starting with a state-sync.
+    #[must_use]
+    pub fn new(scope: WatchScope) -> Self {
+        Self {
+            settings: Settings {
+                name: String::from("default"),
+                scope,
+                batch: BatchPolicy::default(),
+                shutdown: CancellationToken::new(),
+                timeouts: Timeouts::default(),
+                retry: RetryPolicy::default(),
+                status_interval: Duration::from_secs(10),
+            },
+            store: NoStore,
+            resume: WatchCursor::none(),
+            exports: None,
+        }
+    }
+
+    /// Resume after `cursor` (one `on_applied` reported earlier) instead of
+    /// starting with a state-sync. With a store, the store's own cursor is
+    /// used instead.
+    #[must_use]
+    pub fn resume_from(mut self, cursor: WatchCursor) -> Self {
+        self.resume = cursor;
+        self
+    }
+
+    /// Commit the fold to `store` and resume from its cursor (E6).
+    #[must_use]
+    pub fn store<S: SnapshotStore>(self, store: S) -> AppliedConfig<S> {
+        AppliedConfig {
+            settings: self.settings,
+            store,
+            resume: WatchCursor::none(),
+            exports: self.exports,
+        }
+    }
+}
+
+impl<S> AppliedConfig<S> {
+    /// A label for logs and metrics (default `"default"`).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.settings.name = name.into();
+        self
+    }
+
+    /// The batch policy.
+    #[must_use]
+    pub fn batch(mut self, batch: BatchPolicy) -> Self {
+        self.settings.batch = batch;
+        self
+    }
+
+    /// Serve export requests from this channel (E8).
+    #[must_use]
+    pub fn exports(mut self, requests: ExportRequests) -> Self {
+        self.exports = Some(requests);
+        self
+    }
+
+    /// Stop gracefully when this token is cancelled (E5).
+    #[must_use]
+    pub fn shutdown(mut self, token: CancellationToken) -> Self {
+        self.settings.shutdown = token;
+        self
+    }
+
+    /// Timeouts.
+    #[must_use]
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.settings.timeouts = timeouts;
+        self
+    }
+
+    /// Retry policy for re-watching and store commits.
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.settings.retry = retry;
+        self
+    }
+
+    /// How often the stream's last sequence is re-read for the status' lag
+    /// (default 10 s).
+    #[must_use]
+    pub fn status_interval(mut self, every: Duration) -> Self {
+        self.settings.status_interval = every;
+        self
+    }
+}
+
+impl Settings {
+    pub(crate) fn validate(&self) -> Result<(), AppliedError> {
+        if self.batch.max == 0 {
+            return Err(AppliedError::InvalidConfig(
+                "batch max must be at least 1".into(),
+            ));
+        }
+        if self.batch.window.is_zero() {
+            return Err(AppliedError::InvalidConfig(
+                "batch window must be positive".into(),
+            ));
+        }
+        if self.status_interval.is_zero() {
+            return Err(AppliedError::InvalidConfig(
+                "status interval must be positive".into(),
+            ));
+        }
+        if self.retry.max_store_failures == 0 {
+            return Err(AppliedError::InvalidConfig(
+                "max_store_failures must be at least 1".into(),
+            ));
+        }
+        self.scope
+            .validate()
+            .map_err(|e| AppliedError::InvalidConfig(e.to_string()))
+    }
+}

@@ -1,0 +1,534 @@
+//! The engine's loop: receive, batch, apply, commit, report (E1–E9).
+
+use std::mem;
+use std::pin::Pin;
+use std::time::Instant as StdInstant;
+use std::vec::Drain;
+
+use futures::{FutureExt, StreamExt};
+use slipstream_kv::{
+    BucketIdentity, KvError, KvUpdate, KvWatcher, Timestamp, WatchCursor, WatchEvent, WatchStart,
+};
+use slipstream_protocol::{is_replay, next_high_water};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep, sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::applied::{Finished, StopReason, Stopped};
+use crate::config::{AppliedConfig, Settings};
+use crate::error::AppliedError;
+use crate::export::{ExportRequest, ExportRequests};
+use crate::handlers::Handlers;
+use crate::slot::StoreSlot;
+use crate::status::{Phase, Reporter, WatchStatus};
+
+/// The open batch, plus raw updates of failed commits waiting in front of
+/// it (E4).
+struct Pending<T> {
+    parsed: Vec<T>,
+    /// Raw updates for the store: re-queued ones first, then the open
+    /// batch's. Empty without a store.
+    raw: Vec<KvUpdate>,
+    /// Updates received into the open batch, parsed or rejected.
+    count: usize,
+    /// The open batch's highest revision and its message time.
+    high: Option<(u64, Option<Timestamp>)>,
+}
+
+impl<T> Pending<T> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            parsed: Vec::with_capacity(capacity),
+            raw: Vec::new(),
+            count: 0,
+            high: None,
+        }
+    }
+}
+
+/// How one watch stream ended.
+enum StreamEnd {
+    Shutdown,
+    Ended,
+    Failed(KvError),
+    Expired(slipstream_kv::ExpiryReason),
+}
+
+/// What woke the loop.
+enum Event {
+    Shutdown,
+    Export(Option<ExportRequest>),
+    WindowElapsed,
+    RetryCommit,
+    RefreshStatus,
+    Item(Option<Result<WatchEvent, KvError>>),
+}
+
+pub(crate) struct Engine<W, S, P, A, O, T> {
+    watcher: W,
+    config: Settings,
+    exports: Option<ExportRequests>,
+    /// `None` only after a blocking store task panicked with the store.
+    store: Option<S>,
+    reporter: Reporter,
+    handlers: Handlers<P, A, O>,
+    /// `apply` has returned for every update at or below this cursor.
+    pub(crate) applied: WatchCursor,
+    /// The last cursor committed (with a store) and reported.
+    committed: WatchCursor,
+    identity: Option<BucketIdentity>,
+    pending: Pending<T>,
+    store_failures: u32,
+    window: Pin<Box<Sleep>>,
+    window_armed: bool,
+    retry: Pin<Box<Sleep>>,
+    retry_armed: bool,
+}
+
+impl<W, S, P, A, O, T> Engine<W, S, P, A, O, T>
+where
+    W: KvWatcher,
+    S: StoreSlot,
+    P: FnMut(&KvUpdate) -> Option<T>,
+    A: FnMut(Drain<'_, T>),
+    O: FnMut(&WatchCursor),
+{
+    pub(crate) fn new(
+        watcher: W,
+        config: AppliedConfig<S>,
+        status: watch::Sender<WatchStatus>,
+        handlers: Handlers<P, A, O>,
+    ) -> Self {
+        let AppliedConfig {
+            settings: config,
+            store,
+            resume,
+            exports,
+        } = config;
+        let reporter = Reporter::new(&config.name, status);
+        let start = store.stored_cursor().cloned().unwrap_or(resume);
+        let capacity = config.batch.max.min(4096);
+        Self {
+            watcher,
+            exports,
+            store: Some(store),
+            reporter,
+            handlers,
+            applied: start.clone(),
+            committed: start,
+            identity: None,
+            pending: Pending::new(capacity),
+            store_failures: 0,
+            window: Box::pin(sleep(config.batch.window)),
+            window_armed: false,
+            retry: Box::pin(sleep(config.retry.initial_backoff)),
+            retry_armed: false,
+            config,
+        }
+    }
+
+    pub(crate) fn finish(mut self, result: Result<Stopped, AppliedError>) -> Finished<S> {
+        if result.is_err() {
+            self.reporter.phase(Phase::Failed);
+        }
+        Finished {
+            result,
+            store: self.store.take(),
+            cursor: self.committed,
+        }
+    }
+
+    pub(crate) async fn run(&mut self) -> Result<Stopped, AppliedError> {
+        self.config.validate()?;
+        let shutdown = self.config.shutdown.clone();
+        self.reporter.phase(Phase::Starting);
+        self.reporter.applied(self.committed.revision());
+        self.refresh_retention().await;
+        let mut attempt = 0u32;
+        loop {
+            let start = match self.applied.revision() {
+                Some(_) => WatchStart::After(self.applied.clone()),
+                None => WatchStart::Relist,
+            };
+            let stream = match self.open_watch(&shutdown, start).await? {
+                Opened::Stream(s) => {
+                    attempt = 0;
+                    s
+                }
+                Opened::Shutdown => return self.stop(StopReason::Shutdown).await,
+                Opened::Expired(reason) => {
+                    self.on_expiry(reason).await?;
+                    continue;
+                }
+                Opened::Failed(e) => {
+                    attempt += 1;
+                    if !self.backoff(&shutdown, attempt, &e).await {
+                        return self.stop(StopReason::Shutdown).await;
+                    }
+                    continue;
+                }
+            };
+            if self.applied.identity().is_none()
+                && let Some(id) = &self.identity
+            {
+                self.applied = self.applied.clone().with_identity(id.clone());
+            }
+            self.reporter.phase(Phase::Syncing);
+            match self.follow(&shutdown, stream).await? {
+                StreamEnd::Shutdown => return self.stop(StopReason::Shutdown).await,
+                StreamEnd::Ended => return self.stop(StopReason::EndOfStream).await,
+                StreamEnd::Expired(reason) => {
+                    // Drain-then-repair: everything delivered is folded first.
+                    self.flush().await?;
+                    self.on_expiry(reason).await?;
+                }
+                StreamEnd::Failed(e) => {
+                    self.flush().await?;
+                    self.reporter.rewatch();
+                    attempt += 1;
+                    if !self.backoff(&shutdown, attempt, &e).await {
+                        return self.stop(StopReason::Shutdown).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flush the pending batch and stop (E5). A failing final commit is
+    /// retried like any other, up to the consecutive-failure limit.
+    async fn stop(&mut self, reason: StopReason) -> Result<Stopped, AppliedError> {
+        self.flush().await?;
+        while !self.pending.raw.is_empty() {
+            sleep(self.config.retry.backoff(self.store_failures)).await;
+            self.flush().await?;
+        }
+        Ok(Stopped {
+            cursor: self.committed.clone(),
+            reason,
+        })
+    }
+
+    /// Pause before retry number `attempt`; false when shutdown came first.
+    async fn backoff(
+        &mut self,
+        shutdown: &CancellationToken,
+        attempt: u32,
+        error: &KvError,
+    ) -> bool {
+        let pause = self.config.retry.backoff(attempt);
+        tracing::warn!(watch = %self.config.name, %error, ?pause, attempt, "watch failed; re-watching");
+        self.reporter.phase(Phase::Syncing);
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => false,
+            () = sleep(pause) => true,
+        }
+    }
+
+    async fn open_watch(
+        &mut self,
+        shutdown: &CancellationToken,
+        start: WatchStart,
+    ) -> Result<Opened<W::WatchStream>, AppliedError> {
+        let bound = self.config.timeouts.watch_setup;
+        let setup = tokio::time::timeout(bound, self.watcher.watch(&self.config.scope, start));
+        let outcome = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(Opened::Shutdown),
+            r = setup => r,
+        };
+        match outcome {
+            Err(_) => Ok(Opened::Failed(KvError::Timeout {
+                operation: "watch setup".into(),
+                after: bound,
+            })),
+            Ok(Ok(stream)) => Ok(Opened::Stream(stream)),
+            Ok(Err(KvError::CursorExpired { reason })) => Ok(Opened::Expired(reason)),
+            Ok(Err(e)) if is_transient(&e) => Ok(Opened::Failed(e)),
+            Ok(Err(e)) => Err(AppliedError::Kv(e)),
+        }
+    }
+
+    /// Follow one watch stream until it ends or the engine must stop.
+    async fn follow(
+        &mut self,
+        shutdown: &CancellationToken,
+        mut stream: W::WatchStream,
+    ) -> Result<StreamEnd, AppliedError> {
+        let every = self.config.status_interval;
+        let mut refresh = Box::pin(sleep(every));
+        // One waiter for the whole stream, not one per delivery.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            let exports_open = self.exports.is_some();
+            let event = tokio::select! {
+                biased;
+                () = &mut cancelled => Event::Shutdown,
+                // Ahead of the stream, so a firehose cannot starve exports.
+                r = recv_export(&mut self.exports), if exports_open => Event::Export(r),
+                () = &mut self.window, if self.window_armed => Event::WindowElapsed,
+                () = &mut self.retry, if self.retry_armed => Event::RetryCommit,
+                () = &mut refresh => Event::RefreshStatus,
+                item = stream.next() => Event::Item(item),
+            };
+            match event {
+                Event::Shutdown => return Ok(StreamEnd::Shutdown),
+                Event::Export(None) => self.exports = None,
+                Event::Export(Some(request)) => self.serve_export(request).await?,
+                Event::WindowElapsed | Event::RetryCommit => self.flush().await?,
+                Event::RefreshStatus => {
+                    self.refresh_retention().await;
+                    refresh.as_mut().reset(Instant::now() + every);
+                }
+                Event::Item(item) => {
+                    if let Some(end) = self.on_item(item).await? {
+                        return Ok(end);
+                    }
+                    // Take what the stream already holds, up to the end of
+                    // the open batch, before looking at the other arms again:
+                    // a batch is at most `max` deliveries, so exports and
+                    // shutdown still get their turn between batches.
+                    while self.pending.count > 0 {
+                        let Some(item) = stream.next().now_or_never() else {
+                            break;
+                        };
+                        if let Some(end) = self.on_item(item).await? {
+                            return Ok(end);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handle one stream item; `Some` when the stream is over.
+    async fn on_item(
+        &mut self,
+        item: Option<Result<WatchEvent, KvError>>,
+    ) -> Result<Option<StreamEnd>, AppliedError> {
+        match item {
+            None => Ok(Some(StreamEnd::Ended)),
+            Some(Err(KvError::CursorExpired { reason })) => Ok(Some(StreamEnd::Expired(reason))),
+            Some(Err(e)) => Ok(Some(StreamEnd::Failed(e))),
+            Some(Ok(WatchEvent::CaughtUp)) => {
+                self.flush().await?;
+                self.reporter.phase(Phase::Ready);
+                Ok(None)
+            }
+            Some(Ok(WatchEvent::Update(update))) => {
+                if self.receive(update) {
+                    self.flush().await?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Take one delivery into the open batch; true when the batch is full.
+    fn receive(&mut self, update: KvUpdate) -> bool {
+        let revision = update.revision();
+        let received = next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r));
+        if is_replay(received, revision) {
+            tracing::debug!(watch = %self.config.name, ?revision, "replay dropped");
+            self.reporter.replay_dropped();
+            return false;
+        }
+        if self.pending.count == 0 {
+            let deadline = Instant::now() + self.config.batch.window;
+            self.window.as_mut().reset(deadline);
+            self.window_armed = true;
+        }
+        self.pending.count += 1;
+        if let Some(rev) = revision
+            && self.pending.high.is_none_or(|(h, _)| rev > h)
+        {
+            self.pending.high = Some((rev, update.created()));
+        }
+        if let Some(item) = (self.handlers.parse)(&update) {
+            self.pending.parsed.push(item);
+        }
+        if S::DURABLE {
+            self.pending.raw.push(update);
+        }
+        self.pending.count >= self.config.batch.max
+    }
+
+    /// Close the open batch: apply, move the cursor, commit, report (E3).
+    pub(crate) async fn flush(&mut self) -> Result<(), AppliedError> {
+        let size = mem::take(&mut self.pending.count);
+        self.window_armed = false;
+        if size == 0 && self.pending.raw.is_empty() {
+            self.retry_armed = false;
+            return Ok(());
+        }
+        if !self.pending.parsed.is_empty() {
+            (self.handlers.apply)(self.pending.parsed.drain(..));
+        }
+        if let Some((rev, time)) = self.pending.high.take()
+            && next_high_water(self.applied.revision(), Some(rev)) != self.applied.revision()
+        {
+            self.applied = self.applied.advanced(rev, time);
+        }
+        if size > 0 {
+            self.reporter.batch(size);
+        }
+        if let Some(rev) = self.applied.revision() {
+            self.reporter.stream_last(rev);
+        }
+        if S::DURABLE {
+            self.commit().await
+        } else {
+            self.report();
+            Ok(())
+        }
+    }
+
+    fn report(&mut self) {
+        self.committed = self.applied.clone();
+        self.reporter.applied(self.committed.revision());
+        (self.handlers.on_applied)(&self.committed);
+    }
+
+    /// Commit the raw updates (re-queued ones first) and the applied cursor
+    /// atomically on a blocking thread (E3, E4).
+    async fn commit(&mut self) -> Result<(), AppliedError> {
+        let mut store = self.store.take().ok_or(AppliedError::StorePanicked {
+            operation: "commit",
+        })?;
+        let raw = mem::take(&mut self.pending.raw);
+        let cursor = self.applied.clone();
+        let started = StdInstant::now();
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = store.commit(&raw, &cursor);
+            (store, raw, cursor, result)
+        })
+        .await;
+        let Ok((store, mut raw, cursor, result)) = joined else {
+            return Err(AppliedError::StorePanicked {
+                operation: "commit",
+            });
+        };
+        self.store = Some(store);
+        match result {
+            Ok(()) => {
+                self.reporter.commit_took(started.elapsed());
+                raw.clear();
+                self.pending.raw = raw;
+                self.store_failures = 0;
+                self.retry_armed = false;
+                debug_assert!(cursor == self.applied);
+                self.report();
+                Ok(())
+            }
+            Err(error) => {
+                self.store_failures += 1;
+                self.reporter.store_failure();
+                if self.store_failures >= self.config.retry.max_store_failures {
+                    return Err(AppliedError::StoreFailed {
+                        attempts: self.store_failures,
+                        last: error,
+                    });
+                }
+                tracing::warn!(
+                    watch = %self.config.name,
+                    %error,
+                    failures = self.store_failures,
+                    queued = raw.len(),
+                    "store commit failed; re-queued in front of newer updates",
+                );
+                // Nothing arrived while the commit ran: `raw` goes back whole.
+                self.pending.raw = raw;
+                let pause = self.config.retry.backoff(self.store_failures);
+                self.retry.as_mut().reset(Instant::now() + pause);
+                self.retry_armed = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Handle one export request between flushes (E8).
+    async fn serve_export(&mut self, request: ExportRequest) -> Result<(), AppliedError> {
+        let ExportRequest { dest, reply } = request;
+        if !S::DURABLE {
+            // The requester may have gone; nothing to do then.
+            let _ = reply.send(Err(AppliedError::NoStore));
+            return Ok(());
+        }
+        self.flush().await?;
+        let mut store = self.store.take().ok_or(AppliedError::StorePanicked {
+            operation: "export",
+        })?;
+        let scope = self.config.scope.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = store.export(&dest, &scope);
+            (store, result)
+        })
+        .await;
+        let Ok((store, result)) = joined else {
+            return Err(AppliedError::StorePanicked {
+                operation: "export",
+            });
+        };
+        self.store = Some(store);
+        let answer = match result {
+            Some(Ok(manifest)) => Ok(manifest),
+            Some(Err(e)) => {
+                tracing::warn!(watch = %self.config.name, error = %e, "export failed; the watch goes on");
+                Err(AppliedError::Export(e))
+            }
+            None => Err(AppliedError::NoStore),
+        };
+        let _ = reply.send(answer);
+        Ok(())
+    }
+
+    /// Re-read the bucket's retention for the status' lag and the cursor's
+    /// bucket identity. A failure only leaves the status stale.
+    async fn refresh_retention(&mut self) {
+        let bound = self.config.timeouts.retention;
+        match tokio::time::timeout(bound, self.watcher.retention()).await {
+            Ok(Ok(retention)) => {
+                self.reporter.stream_last(retention.last_revision);
+                self.identity = Some(retention.identity);
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(watch = %self.config.name, %error, "retention read failed");
+            }
+            Err(_) => {
+                tracing::debug!(watch = %self.config.name, ?bound, "retention read timed out")
+            }
+        }
+    }
+
+    pub(crate) fn reporter(&self) -> &Reporter {
+        &self.reporter
+    }
+}
+
+/// The result of trying to open a watch.
+enum Opened<St> {
+    Stream(St),
+    Shutdown,
+    Expired(slipstream_kv::ExpiryReason),
+    Failed(KvError),
+}
+
+async fn recv_export(exports: &mut Option<ExportRequests>) -> Option<ExportRequest> {
+    match exports {
+        Some(e) => e.rx.recv().await,
+        None => None,
+    }
+}
+
+/// Failures a later attempt may not repeat.
+fn is_transient(error: &KvError) -> bool {
+    matches!(
+        error,
+        KvError::NotConnected
+            | KvError::ConnectionFailed(_)
+            | KvError::Watch(_)
+            | KvError::OperationFailed(_)
+            | KvError::Timeout { .. }
+    )
+}

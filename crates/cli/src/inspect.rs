@@ -1,0 +1,129 @@
+//! `slipstream status` (C3): what a store holds, and how far it is behind
+//! the live bucket.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use slipstream::{
+    BackendId, Connection, KvStore, KvWatcher, Retention, SnapshotStore, WatchCursor,
+};
+
+use crate::backend::{WithStore, open_store};
+use crate::error::CliError;
+use crate::layout::StoreDir;
+use crate::server::ServerArgs;
+
+/// What `status` reads from the store.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreInfo {
+    /// The backend and its format generation.
+    pub(crate) backend: BackendId,
+    /// The committed cursor.
+    pub(crate) cursor: WatchCursor,
+    /// Keys holding an entry.
+    pub(crate) keys: u64,
+    /// Bytes of keys, values and versions.
+    pub(crate) live_bytes: u64,
+    /// Bytes on disk (an estimate for LSM stores).
+    pub(crate) disk_bytes: u64,
+}
+
+/// Read a store's figures.
+pub(crate) struct ReadInfo;
+
+impl WithStore for ReadInfo {
+    type Output = StoreInfo;
+
+    fn run<S: SnapshotStore>(self, fold: &Path) -> Result<StoreInfo, CliError> {
+        let store: S = open_store(fold)?;
+        let stats = store.stats();
+        let info = StoreInfo {
+            backend: store.backend_id(),
+            cursor: store.cursor().clone(),
+            keys: store.len(),
+            live_bytes: stats.live_bytes,
+            disk_bytes: stats.disk_bytes,
+        };
+        store.close()?;
+        Ok(info)
+    }
+}
+
+/// The live side of `status`: the bucket's retention now.
+pub(crate) async fn read_retention(
+    server: &ServerArgs,
+    bucket: &str,
+) -> Result<Retention, CliError> {
+    let conn = server.connect().await?;
+    let store = conn.store(bucket).await?;
+    let retention = store.watcher().retention().await;
+    let _ = conn.shutdown().await;
+    Ok(retention?)
+}
+
+/// Render `status` as `name: value` lines.
+pub(crate) fn render(
+    dir: &StoreDir,
+    info: &StoreInfo,
+    bucket: Option<&str>,
+    live: Option<&Retention>,
+) -> String {
+    let mut out = String::new();
+    let revision = |c: Option<u64>| c.map_or_else(|| "none".to_owned(), |r| r.to_string());
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let scope = match dir.marker.as_ref().and_then(|m| m.prefixes.clone()) {
+        None => "whole bucket".to_owned(),
+        Some(ps) => ps.join(", "),
+    };
+    let lines = [
+        ("store", dir.root.display().to_string()),
+        ("backend", info.backend.to_string()),
+        ("bucket", bucket.unwrap_or("unknown").to_owned()),
+        ("scope", scope),
+        ("cursor", revision(info.cursor.revision())),
+        ("keys", info.keys.to_string()),
+        ("live bytes", info.live_bytes.to_string()),
+        ("disk bytes", info.disk_bytes.to_string()),
+        (
+            "memo: seen evicting",
+            yes_no(info.cursor.seen_evicting()).to_owned(),
+        ),
+        (
+            "memo: bucket identity",
+            info.cursor
+                .identity()
+                .map_or_else(|| "unknown".to_owned(), ToString::to_string),
+        ),
+    ];
+    for (name, value) in lines {
+        let _ = writeln!(out, "{name:<24}{value}");
+    }
+    if let Some(r) = live {
+        let lag = r.last_revision.saturating_sub(info.cursor.rank());
+        let live_lines = [
+            ("stream first", r.first_revision.to_string()),
+            ("stream last", r.last_revision.to_string()),
+            ("lag", lag.to_string()),
+            ("resumable", resumable(&info.cursor, r).to_owned()),
+        ];
+        for (name, value) in live_lines {
+            let _ = writeln!(out, "{name:<24}{value}");
+        }
+    }
+    out
+}
+
+/// Whether a mirror restarted now would get a delta, in words.
+fn resumable(cursor: &WatchCursor, r: &Retention) -> &'static str {
+    if cursor.identity().is_some_and(|id| *id != r.identity) {
+        return "no: the bucket was recreated since the cursor was taken";
+    }
+    match cursor.revision() {
+        None => "n/a: no cursor yet (a mirror starts with a full sync)",
+        Some(rev) if rev > r.last_revision => "no: the cursor is beyond the stream's last sequence",
+        Some(rev) if rev.saturating_add(1) < r.first_revision => {
+            "no: retention has passed the cursor (a mirror needs a repair)"
+        }
+        Some(_) => "yes: a mirror resumes with the delta",
+    }
+}

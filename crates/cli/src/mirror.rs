@@ -1,0 +1,306 @@
+//! `slipstream mirror` (C1): keep a durable fold of a bucket in a store
+//! directory, resuming after restarts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use slipstream::kv::{Connection, KvStore};
+use slipstream::{
+    AppliedConfig, AppliedError, AppliedWatch, Phase, SnapshotStore, StatusReceiver, StopReason,
+    WatchScope, handlers,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{WithStore, dispatch, open_store};
+use crate::error::CliError;
+use crate::layout::{BackendKind, Marker, StoreDir, prefixes_of, scope_of};
+use crate::server::ServerArgs;
+
+/// What to do when the store's cursor is outside the bucket's retained
+/// history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RepairArg {
+    /// Relist where the bucket's listing is the truth, restore otherwise.
+    Auto,
+    /// Rebuild from the bucket's key listing.
+    Relist,
+    /// Rebuild from the newest artifact in `--artifacts`.
+    Restore,
+    /// Do not repair: stop with an error.
+    None,
+}
+
+impl RepairArg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Relist => "relist",
+            Self::Restore => "restore",
+            Self::None => "none",
+        }
+    }
+}
+
+/// `mirror`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct MirrorArgs {
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
+    /// The bucket to mirror.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) bucket: String,
+    /// The store directory (created when absent).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) store: PathBuf,
+    /// The backend of a new store; an existing store keeps its own.
+    #[arg(long, value_enum)]
+    pub(crate) backend: Option<BackendKind>,
+    /// Mirror only keys starting with this prefix (repeatable; ends at a
+    /// `.` boundary). Without one, the whole bucket.
+    #[arg(long = "prefix", value_name = "P")]
+    pub(crate) prefixes: Vec<String>,
+    /// How to repair a cursor that retention has passed.
+    #[arg(long, value_enum, default_value_t = RepairArg::Auto)]
+    pub(crate) repair: RepairArg,
+    /// A directory of artifacts to restore from.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) artifacts: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9090).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<SocketAddr>,
+}
+
+/// Run `mirror` until a signal, the end of the watch, or a failure.
+///
+/// # Errors
+/// Usage errors, a store of another backend, scope or bucket, connection
+/// failures, and the engine's failures (an expired cursor included).
+pub(crate) fn run(args: MirrorArgs) -> Result<(), CliError> {
+    let scope = scope_of((!args.prefixes.is_empty()).then(|| args.prefixes.clone()));
+    scope
+        .validate()
+        .map_err(|e| CliError::Usage(format!("--prefix: {e}")))?;
+    if args.repair == RepairArg::Restore && args.artifacts.is_none() {
+        return Err(CliError::Usage(
+            "--repair restore needs --artifacts DIR".into(),
+        ));
+    }
+    if let Some(dir) = &args.artifacts
+        && !dir.is_dir()
+    {
+        return Err(CliError::Usage(format!(
+            "--artifacts {}: not a directory",
+            dir.display()
+        )));
+    }
+    let existing = StoreDir::find(&args.store)?;
+    let (backend, fold) = match &existing {
+        Some(dir) => {
+            check_existing(dir, &args, &scope)?;
+            (dir.backend, dir.fold.clone())
+        }
+        None => {
+            let backend = args.backend.unwrap_or(BackendKind::AppendLog);
+            (backend, args.store.join(crate::layout::FOLD_DIR))
+        }
+    };
+    dispatch(
+        backend,
+        &fold,
+        Mirror {
+            args,
+            scope,
+            backend,
+            existing,
+        },
+    )
+}
+
+/// Refuse a store built for another backend, bucket or scope.
+fn check_existing(dir: &StoreDir, args: &MirrorArgs, scope: &WatchScope) -> Result<(), CliError> {
+    if let Some(requested) = args.backend
+        && requested != dir.backend
+    {
+        return Err(CliError::WrongBackend {
+            path: dir.root.clone(),
+            requested: requested.name().to_owned(),
+            found: dir.backend.name().to_owned(),
+        });
+    }
+    let Some(marker) = &dir.marker else {
+        return Ok(());
+    };
+    if let Some(bucket) = &marker.bucket
+        && *bucket != args.bucket
+    {
+        return Err(CliError::Store {
+            path: dir.root.clone(),
+            detail: format!(
+                "mirrors bucket {bucket:?}, not {:?}; use a new --store",
+                args.bucket
+            ),
+        });
+    }
+    if marker.prefixes != prefixes_of(scope) {
+        let describe = |p: &Option<Vec<String>>| {
+            p.as_ref().map_or_else(
+                || "the whole bucket".to_owned(),
+                |ps| format!("prefixes {ps:?}"),
+            )
+        };
+        return Err(CliError::Store {
+            path: dir.root.clone(),
+            detail: format!(
+                "was built for {}, not {}; mirror with the same --prefix values or use a new --store",
+                describe(&marker.prefixes),
+                describe(&prefixes_of(scope)),
+            ),
+        });
+    }
+    Ok(())
+}
+
+struct Mirror {
+    args: MirrorArgs,
+    scope: WatchScope,
+    backend: BackendKind,
+    existing: Option<StoreDir>,
+}
+
+impl WithStore for Mirror {
+    type Output = ();
+
+    fn run<S: SnapshotStore>(self, fold: &Path) -> Result<(), CliError> {
+        let mut dir = match self.existing {
+            Some(dir) => dir,
+            None => StoreDir::create(
+                &self.args.store,
+                Marker::new(self.backend, Some(self.args.bucket.clone()), &self.scope),
+            )?,
+        };
+        if let Some(marker) = dir.marker.clone()
+            && marker.bucket.is_none()
+        {
+            dir.set_marker(Marker {
+                bucket: Some(self.args.bucket.clone()),
+                ..marker
+            })?;
+        }
+        let store: S = open_store(fold)?;
+        let runtime = crate::runtime()?;
+        runtime.block_on(mirror(store, self.args, self.scope))
+    }
+}
+
+async fn mirror<S: SnapshotStore>(
+    store: S,
+    args: MirrorArgs,
+    scope: WatchScope,
+) -> Result<(), CliError> {
+    let shutdown = CancellationToken::new();
+    crate::signals::cancel_on_signal(shutdown.clone());
+    if let Some(addr) = args.metrics {
+        crate::metrics::serve(addr, shutdown.clone()).await?;
+    }
+    let start = store.cursor().revision();
+    tracing::info!(
+        bucket = %args.bucket,
+        store = %args.store.display(),
+        backend = %store.backend_id(),
+        cursor = ?start,
+        "starting mirror"
+    );
+    let conn = args.server.connect().await?;
+    let bucket = conn.store(&args.bucket).await?;
+    let config = AppliedConfig::new(scope)
+        .name(args.bucket.clone())
+        .store(store)
+        .shutdown(shutdown.clone());
+    let watch = AppliedWatch::new(bucket.watcher(), config);
+    let progress = tokio::spawn(show_progress(watch.status(), start));
+    // The fold lives in the store; the CLI only counts what arrives, so a
+    // restart shows that only the delta came.
+    let mut received = 0u64;
+    let parse = |_: &slipstream::KvUpdate| {
+        received += 1;
+        Some(())
+    };
+    let result = watch.run_and_close(handlers(parse, |_batch| {})).await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), progress).await;
+    let _ = conn.shutdown().await;
+    match result {
+        Ok(stopped) => {
+            let how = match stopped.reason {
+                StopReason::Shutdown => "shut down",
+                StopReason::EndOfStream => "watch ended",
+            };
+            tracing::info!(
+                cursor = ?stopped.cursor.revision(),
+                "mirror stopped ({how}); {received} updates received this run"
+            );
+            Ok(())
+        }
+        Err(AppliedError::CursorExpired { reason, cursor }) => Err(CliError::CursorExpired {
+            revision: cursor
+                .revision()
+                .map_or_else(|| "none".to_owned(), |r| r.to_string()),
+            reason: reason.to_string(),
+            advice: expiry_advice(args.repair),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn expiry_advice(repair: RepairArg) -> String {
+    match repair {
+        RepairArg::None => "--repair none: not repairing".to_owned(),
+        mode => format!(
+            "--repair {} is not available in this build yet: mirror into a new --store, or `slipstream import` an artifact exported by another node",
+            mode.name()
+        ),
+    }
+}
+
+/// A progress bar while the initial sync runs (hidden when stderr is not
+/// a terminal), then a log line per phase change.
+async fn show_progress(mut status: StatusReceiver, start: Option<u64>) {
+    let base = start.unwrap_or(0);
+    let bar = crate::progress::add(ProgressBar::new(0));
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} syncing [{bar:40}] {pos}/{len} revisions ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut phase = Phase::Starting;
+    loop {
+        let now = status.borrow_and_update().clone();
+        if !bar.is_finished() {
+            if let Some(last) = now.stream_last {
+                bar.set_length(last.saturating_sub(base));
+            }
+            bar.set_position(now.applied.unwrap_or(base).saturating_sub(base));
+        }
+        if now.phase != phase {
+            phase = now.phase;
+            match phase {
+                Phase::Ready => {
+                    bar.finish_and_clear();
+                    tracing::info!(cursor = ?now.applied, lag = ?now.lag, "caught up; following live changes");
+                }
+                Phase::Syncing | Phase::Repairing if bar.is_finished() => {
+                    tracing::info!(?phase, "re-syncing");
+                }
+                Phase::Failed => bar.abandon(),
+                _ => {}
+            }
+        }
+        if status.changed().await.is_err() {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+}

@@ -1,0 +1,382 @@
+//! The CLI end to end against a real nats-server (its binary from
+//! `NATS_SERVER_BIN`; `cargo xtask it` runs these with `--ignored`).
+
+// Test helpers: a failed expectation is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use serde_json::Value;
+use slipstream::kv::{KvReader, KvStore, KvWriter, StoreConfig};
+use slipstream::{NatsBucket, NatsConnection};
+use slipstream_it::{Admin, NatsServer, TempDir, wait_until};
+use support::{run, s, slipstream};
+
+/// A running `slipstream mirror` whose logs go to a file.
+struct Mirror {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Mirror {
+    fn start(url: &str, bucket: &str, store: &Path, log: PathBuf, extra: &[&str]) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = slipstream()
+            .env("RUST_LOG", "info")
+            .args([
+                "mirror",
+                "--server",
+                url,
+                "--bucket",
+                bucket,
+                "--store",
+                s(store),
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log says the mirror has caught up.
+    async fn wait_caught_up(&self) {
+        let ok = wait_until(Duration::from_secs(30), || async {
+            self.log().contains("caught up")
+        })
+        .await;
+        assert!(ok, "mirror did not catch up: {}", self.log());
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit code.
+    async fn terminate(&mut self) -> Option<i32> {
+        self.signal("-TERM").await
+    }
+
+    /// Send `signal` (a `kill` flag), then the exit code.
+    async fn signal(&mut self, signal: &str) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let mut code = None;
+        let exited = wait_until(Duration::from_secs(30), || {
+            code = self.child.try_wait().unwrap().map(|s| s.code());
+            std::future::ready(code.is_some())
+        })
+        .await;
+        assert!(exited, "mirror ignored {signal}: {}", self.log());
+        code.flatten()
+    }
+}
+
+async fn bucket(url: &str, name: &str) -> (NatsConnection, NatsBucket) {
+    let conn = slipstream_it::connect(url).await;
+    let bucket = slipstream_it::open(&conn, StoreConfig::new(name).history(5)).await;
+    (conn, bucket)
+}
+
+/// The bucket's live entries, as `dump` shows them.
+async fn truth(bucket: &NatsBucket) -> Fold {
+    bucket
+        .reader()
+        .scan("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, (e.version.as_u64().unwrap(), e.value.to_vec())))
+        .collect()
+}
+
+/// Key -> (revision, value).
+type Fold = BTreeMap<String, (u64, Vec<u8>)>;
+
+fn dumped(store: &Path) -> (Option<u64>, Fold) {
+    let doc: Value = serde_json::from_str(&run(&["dump", "--store", s(store)]).ok()).unwrap();
+    let entries = doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let value = STANDARD.decode(e["value_b64"].as_str().unwrap()).unwrap();
+            (
+                e["key"].as_str().unwrap().to_owned(),
+                (e["revision"].as_u64().unwrap(), value),
+            )
+        })
+        .collect();
+    (doc["cursor"].as_u64(), entries)
+}
+
+async fn write(bucket: &NatsBucket, range: std::ops::Range<u32>, tag: &str) {
+    for i in range {
+        let value = Bytes::from(format!("{tag}-{i}"));
+        bucket
+            .writer()
+            .put(&format!("cfg.{i:04}"), value)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live: needs NATS_SERVER_BIN; `cargo xtask it` runs it"]
+async fn mirror_survives_kill_9_and_dump_equals_the_bucket() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let (_conn, bucket) = bucket(&url, "edge").await;
+    let dir = TempDir::new("cli-mirror");
+    let store = dir.path().join("store");
+    write(&bucket, 0..200, "a").await;
+
+    let first = Mirror::start(&url, "edge", &store, dir.path().join("1.log"), &[]);
+    first.wait_caught_up().await;
+    write(&bucket, 150..260, "b").await;
+    for i in 0..20 {
+        bucket
+            .writer()
+            .delete(&format!("cfg.{i:04}"))
+            .await
+            .unwrap();
+    }
+    first.kill_9();
+
+    let (cursor_after_kill, _) = dumped(&store);
+    assert!(
+        cursor_after_kill.is_some_and(|c| c >= 200),
+        "the killed mirror had committed its sync: {cursor_after_kill:?}"
+    );
+    write(&bucket, 250..300, "c").await;
+
+    let mut second = Mirror::start(&url, "edge", &store, dir.path().join("2.log"), &[]);
+    second.wait_caught_up().await;
+    let log = second.log();
+    assert!(
+        !log.contains("cursor=None"),
+        "a restarted mirror resumes from its cursor: {log}"
+    );
+    assert_eq!(second.terminate().await, Some(0), "SIGTERM is a clean stop");
+
+    let (cursor, entries) = dumped(&store);
+    let expected = truth(&bucket).await;
+    assert_eq!(entries, expected);
+    assert_eq!(entries.len(), 280);
+    let last = expected.values().map(|(rev, _)| *rev).max().unwrap();
+    assert_eq!(cursor, Some(last));
+    // Every revision is retained (history 5), so the restart received
+    // exactly those above the killed mirror's committed cursor.
+    let delta = last - cursor_after_kill.unwrap();
+    let log = std::fs::read_to_string(dir.path().join("2.log")).unwrap();
+    assert!(
+        log.contains(&format!(" {delta} updates received this run")),
+        "expected a delta of {delta}: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live: needs NATS_SERVER_BIN; `cargo xtask it` runs it"]
+async fn mirror_past_retention_exits_3_with_one_line() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let (_conn, bucket) = bucket(&url, "edge").await;
+    let dir = TempDir::new("cli-expiry");
+    let store = dir.path().join("store");
+    write(&bucket, 0..20, "a").await;
+    let mut first = Mirror::start(&url, "edge", &store, dir.path().join("1.log"), &[]);
+    first.wait_caught_up().await;
+    assert_eq!(first.terminate().await, Some(0));
+
+    write(&bucket, 20..40, "b").await;
+    let admin = Admin::connect(&url).await;
+    admin.purge_below("KV_edge", 35).await.unwrap();
+
+    let r: support::Run = slipstream()
+        .env("RUST_LOG", "off")
+        .args([
+            "mirror",
+            "--server",
+            &url,
+            "--bucket",
+            "edge",
+            "--store",
+            s(&store),
+        ])
+        .output()
+        .unwrap()
+        .into();
+    r.assert_one_line_error(3, "cursor expired at revision 20");
+
+    let status = run(&["status", "--store", s(&store), "--server", &url]).ok();
+    assert!(
+        status.contains("retention has passed the cursor"),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live: needs NATS_SERVER_BIN; `cargo xtask it` runs it"]
+async fn kv_commands_put_get_list_and_delete() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let kv = |args: &[&str]| {
+        let mut all = vec!["kv", "--server", url.as_str(), "--bucket", "admin"];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    assert_eq!(kv(&["put", "a.x", "one"]).ok().trim(), "1");
+    assert_eq!(kv(&["put", "a.y", "two"]).ok().trim(), "2");
+    assert_eq!(kv(&["get", "a.x"]).ok(), "one");
+    assert_eq!(kv(&["keys", "--prefix", "a."]).ok(), "a.x\na.y\n");
+    kv(&["del", "a.x"]).ok();
+    kv(&["get", "a.x"]).assert_one_line_error(1, "not found");
+    assert_eq!(kv(&["keys"]).ok(), "a.y\n");
+
+    // `watch` prints the current state (the delete marker included), then
+    // live changes, as JSON lines.
+    let mut watch = slipstream()
+        .args([
+            "kv", "--server", &url, "--bucket", "admin", "watch", "--prefix", "a.",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
+    let mut next = || serde_json::from_str::<Value>(&lines.next().unwrap().unwrap()).unwrap();
+    // Revision order: a.y's put (2), then a.x's delete marker (3).
+    let first = next();
+    assert_eq!(first["key"], "a.y");
+    assert_eq!(
+        STANDARD
+            .decode(first["value_b64"].as_str().unwrap())
+            .unwrap(),
+        b"two"
+    );
+    let second = next();
+    assert_eq!(
+        (second["op"].as_str(), second["key"].as_str()),
+        (Some("del"), Some("a.x"))
+    );
+    assert_eq!(kv(&["put", "a.z", "three"]).ok().trim(), "4");
+    let live = next();
+    assert_eq!(
+        (live["op"].as_str(), live["revision"].as_u64()),
+        (Some("put"), Some(4))
+    );
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live: needs NATS_SERVER_BIN; `cargo xtask it` runs it"]
+async fn every_built_backend_mirrors_exports_and_imports_the_bucket() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let (_conn, bucket) = bucket(&url, "edge").await;
+    write(&bucket, 0..40, "a").await;
+    bucket.writer().delete("cfg.0003").await.unwrap();
+    let expected = truth(&bucket).await;
+    let mut backends = vec!["append-log"];
+    if cfg!(feature = "fjall") {
+        backends.push("fjall");
+    }
+    if cfg!(feature = "rocksdb") {
+        backends.push("rocksdb");
+    }
+    for backend in backends {
+        let dir = TempDir::new(&format!("cli-{backend}"));
+        let store = dir.path().join("store");
+        let mut mirror = Mirror::start(
+            &url,
+            "edge",
+            &store,
+            dir.path().join("m.log"),
+            &["--backend", backend],
+        );
+        mirror.wait_caught_up().await;
+        assert_eq!(mirror.terminate().await, Some(0), "{backend}");
+        let status = run(&["status", "--store", s(&store)]).ok();
+        assert!(status.contains(&format!("{backend}/")), "{status}");
+        assert_eq!(dumped(&store).1, expected, "{backend}");
+
+        let artifact = dir.path().join("artifact");
+        let copy = dir.path().join("copy");
+        run(&["export", "--store", s(&store), "--out", s(&artifact)]).ok();
+        run(&["import", "--artifact", s(&artifact), "--store", s(&copy)]).ok();
+        assert_eq!(dumped(&copy), dumped(&store), "{backend}");
+    }
+}
+
+/// A plain HTTP GET; the whole response.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live: needs NATS_SERVER_BIN; `cargo xtask it` runs it"]
+async fn mirror_serves_prometheus_metrics_and_stops_on_sigint() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let (_conn, bucket) = bucket(&url, "edge").await;
+    write(&bucket, 0..25, "a").await;
+    let dir = TempDir::new("cli-metrics");
+    let store = dir.path().join("store");
+    let mut mirror = Mirror::start(
+        &url,
+        "edge",
+        &store,
+        dir.path().join("m.log"),
+        &["--metrics", "127.0.0.1:0"],
+    );
+    mirror.wait_caught_up().await;
+    let log = mirror.log();
+    let addr = log
+        .lines()
+        .find(|l| l.contains("serving Prometheus metrics"))
+        .and_then(|l| l.split("bound=").nth(1))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no metrics address logged: {log}"))
+        .to_owned();
+    let response = http_get(&addr, "/metrics");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response.contains("slipstream_applied_cursor{watch=\"edge\"} 25"),
+        "{response}"
+    );
+    assert!(http_get(&addr, "/nope").starts_with("HTTP/1.1 404"));
+    assert_eq!(
+        mirror.signal("-INT").await,
+        Some(0),
+        "SIGINT is a clean stop"
+    );
+    assert_eq!(dumped(&store).0, Some(25));
+}
