@@ -10,6 +10,7 @@
     reason = "a command-line tool reports on its terminal"
 )]
 
+mod bench;
 mod ci;
 mod demo;
 mod deps;
@@ -37,7 +38,8 @@ commands:
   nats-server [--version V]   print the path of a nats-server binary (installed
                               under <target>/tools/ if needed; $NATS_SERVER_BIN wins)
   demo                        the walk-through against a throwaway server
-  bench                       the benchmarks (not implemented yet)
+  bench [-- ARGS]             every criterion benchmark and a summary table;
+                              ARGS go to criterion (e.g. --quick, a filter)
   help                        this text
 
 V defaults to 2.15.1.";
@@ -50,7 +52,7 @@ enum Task {
     It(VersionRequest),
     Model(ModelDepth),
     NatsServer(VersionRequest),
-    NotYet(&'static str),
+    Bench(Vec<String>),
     Help,
 }
 
@@ -85,7 +87,11 @@ fn parse(args: &[String]) -> Result<Task, XtaskError> {
             _ => return Err(unknown_options("model", rest)),
         },
         "demo" => Task::Demo,
-        "bench" => Task::NotYet("bench"),
+        "bench" => Task::Bench(match rest {
+            [dashes, extra @ ..] if dashes == "--" => extra.to_vec(),
+            [] => Vec::new(),
+            _ => return Err(unknown_options("bench", rest)),
+        }),
         "help" | "--help" | "-h" => Task::Help,
         other => {
             return Err(XtaskError::Usage(format!(
@@ -95,7 +101,7 @@ fn parse(args: &[String]) -> Result<Task, XtaskError> {
     };
     let takes_options = matches!(
         task,
-        Task::It(_) | Task::NatsServer(_) | Task::Model(_) | Task::NotYet(_)
+        Task::It(_) | Task::NatsServer(_) | Task::Model(_) | Task::Bench(_)
     );
     if !takes_options && !rest.is_empty() {
         return Err(unknown_options(command, rest));
@@ -147,9 +153,7 @@ fn execute(task: Task) -> Result<(), XtaskError> {
             println!("{}", path.display());
             Ok(())
         }
-        Task::NotYet(command) => Err(XtaskError::Other(format!(
-            "`cargo xtask {command}` is not implemented yet; a later issue adds it"
-        ))),
+        Task::Bench(extra) => bench::bench(&extra),
         Task::Help => {
             println!("{USAGE}");
             Ok(())
@@ -210,9 +214,12 @@ mod tests {
     }
 
     #[test]
-    fn bench_fails_until_it_exists() {
-        let error = execute(parse_words("bench").unwrap()).unwrap_err();
-        assert_eq!(error.exit_code(), 1);
-        assert!(error.to_string().contains("not implemented yet"), "{error}");
+    fn bench_passes_what_follows_dashes_to_criterion() {
+        assert_eq!(
+            parse_words("bench -- --quick apply").unwrap(),
+            Task::Bench(vec!["--quick".into(), "apply".into()])
+        );
+        assert_eq!(parse_words("bench").unwrap(), Task::Bench(Vec::new()));
+        assert_eq!(parse_words("bench --quick").unwrap_err().exit_code(), 2);
     }
 }
