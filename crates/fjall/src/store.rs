@@ -93,6 +93,39 @@ fn persist_mode(durability: Durability) -> PersistMode {
     }
 }
 
+/// Remove what a database creation killed before fjall wrote its `version`
+/// marker leaves behind (a lock file, an empty `keyspaces` folder, the first
+/// journal): fjall would fail on it forever ("file exists"), and without the
+/// marker nothing was ever committed. Anything else is left alone.
+fn clear_unfinished_creation(dir: &Path) -> Result<(), SnapshotError> {
+    if dir.join("version").exists() {
+        return Ok(());
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let keyspaces = dir.join("keyspaces");
+    let keyspaces_empty = std::fs::read_dir(&keyspaces).map_or(true, |mut d| d.next().is_none());
+    let leftover = |n: &String| n == "lock" || n == "keyspaces" || n == "0.jnl";
+    if names.is_empty() || !keyspaces_empty || !names.iter().all(leftover) {
+        return Ok(());
+    }
+    for name in &names {
+        let path = dir.join(name);
+        let removed = if name == "keyspaces" {
+            std::fs::remove_dir(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| SnapshotError::io("remove", &path, e))?;
+    }
+    Ok(())
+}
+
 fn open_database(dir: &Path, options: &FjallOptions) -> Result<Database, SnapshotError> {
     Database::builder(dir)
         .cache_size(options.cache_bytes)
@@ -285,6 +318,7 @@ impl SnapshotStore for FjallStore {
             });
         }
         std::fs::create_dir_all(dir).map_err(|e| SnapshotError::io("create", dir, e))?;
+        clear_unfinished_creation(dir)?;
         let journaled = journal_file_bytes(dir);
         let db = open_database(dir, options)?;
         let data = db.keyspace(DATA_KEYSPACE, data_options).map_err(engine)?;

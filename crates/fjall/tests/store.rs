@@ -260,3 +260,19 @@ fn clean_close_leaves_no_large_journal_to_replay() {
     let (cursor, store) = FjallStore::open(tmp.path(), &options()).unwrap();
     assert_eq!((cursor, store.len()), (WatchCursor::at(40_000), 40_000));
 }
+
+#[test]
+fn a_database_creation_killed_before_its_version_marker_opens_fresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    // What fjall leaves when killed between creating its first journal and
+    // writing its version marker.
+    std::fs::write(tmp.path().join("lock"), b"").unwrap();
+    std::fs::create_dir(tmp.path().join("keyspaces")).unwrap();
+    std::fs::write(tmp.path().join("0.jnl"), vec![0u8; 4096]).unwrap();
+    let (cursor, mut store) = FjallStore::open(tmp.path(), &options()).unwrap();
+    assert_eq!(cursor, WatchCursor::none());
+    store
+        .apply(&[put("k", b"v", 1)], &WatchCursor::at(1))
+        .unwrap();
+    assert_eq!(store.len(), 1);
+}
