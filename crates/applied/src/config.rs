@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use slipstream_kv::{WatchCursor, WatchScope};
+use slipstream_protocol::{MassDeleteLimit, RepairMode};
 use slipstream_snapshot::SnapshotStore;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +36,8 @@ impl Default for BatchPolicy {
 /// Bounds on operations that could otherwise hang.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// Starting a watch (default 30 s).
+    /// Starting a watch (default 30 s); also each wait for the next item
+    /// of a repair's listing.
     pub watch_setup: Duration,
     /// Reading the bucket's retention (default 30 s).
     pub retention: Duration,
@@ -88,6 +90,40 @@ impl RetryPolicy {
     }
 }
 
+/// What the engine does when its cursor expires (R1).
+///
+/// The default is [`OnExpiry::Stop`]: the watch ends with
+/// [`AppliedError::CursorExpired`] and the fold stays as committed, so
+/// nothing is repaired unless the user asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnExpiry {
+    /// End the watch with [`AppliedError::CursorExpired`].
+    #[default]
+    Stop,
+    /// Repair the fold with this mode (K8) and go on watching. Plans that
+    /// need a restore end the watch with
+    /// [`AppliedError::RestoreUnavailable`] for now.
+    Repair(RepairMode),
+}
+
+/// The mass-delete guard for repairs (K14, R9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MassDeletePolicy {
+    /// Hold (stop with [`AppliedError::MassDeleteHeld`]) a repair that
+    /// would delete more than this fraction of the in-scope fold, or all of
+    /// a non-empty one.
+    Hold(MassDeleteLimit),
+    /// The explicit override: let the repair delete whatever it found.
+    Allow,
+}
+
+impl Default for MassDeletePolicy {
+    /// Hold past half of the fold.
+    fn default() -> Self {
+        Self::Hold(MassDeleteLimit::default())
+    }
+}
+
 /// How an applied watch is set up (architecture: one entry point taking the
 /// watcher plus this config).
 ///
@@ -113,6 +149,8 @@ pub(crate) struct Settings {
     pub(crate) timeouts: Timeouts,
     pub(crate) retry: RetryPolicy,
     pub(crate) status_interval: Duration,
+    pub(crate) on_expiry: OnExpiry,
+    pub(crate) mass_delete: MassDeletePolicy,
 }
 
 impl AppliedConfig<NoStore> {
@@ -128,6 +166,8 @@ impl AppliedConfig<NoStore> {
                 timeouts: Timeouts::default(),
                 retry: RetryPolicy::default(),
                 status_interval: Duration::from_secs(10),
+                on_expiry: OnExpiry::default(),
+                mass_delete: MassDeletePolicy::default(),
             },
             store: NoStore,
             resume: WatchCursor::none(),
@@ -204,6 +244,23 @@ impl<S> AppliedConfig<S> {
     #[must_use]
     pub fn status_interval(mut self, every: Duration) -> Self {
         self.settings.status_interval = every;
+        self
+    }
+}
+
+impl<S> AppliedConfig<S> {
+    /// What to do when the cursor expires (default [`OnExpiry::Stop`]).
+    #[must_use]
+    pub fn on_expiry(mut self, on_expiry: OnExpiry) -> Self {
+        self.settings.on_expiry = on_expiry;
+        self
+    }
+
+    /// The mass-delete guard of repairs (default: hold past half of the
+    /// fold).
+    #[must_use]
+    pub fn mass_delete(mut self, policy: MassDeletePolicy) -> Self {
+        self.settings.mass_delete = policy;
         self
     }
 }

@@ -7,9 +7,10 @@ use std::vec::Drain;
 
 use futures::{FutureExt, StreamExt};
 use slipstream_kv::{
-    BucketIdentity, KvError, KvUpdate, KvWatcher, Timestamp, WatchCursor, WatchEvent, WatchStart,
+    BucketIdentity, KvError, KvUpdate, KvWatcher, Retention, Timestamp, WatchCursor, WatchEvent,
+    WatchStart,
 };
-use slipstream_protocol::{is_replay, next_high_water};
+use slipstream_protocol::{is_replay, listing_is_truth, next_high_water};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep, sleep};
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::applied::{Finished, StopReason, Stopped};
 use crate::config::{AppliedConfig, Settings};
 use crate::error::AppliedError;
+use crate::expiry::AfterExpiry;
 use crate::export::{ExportRequest, ExportRequests};
 use crate::handlers::Handlers;
 use crate::slot::StoreSlot;
@@ -65,11 +67,11 @@ enum Event {
 }
 
 pub(crate) struct Engine<W, S, P, A, O, T> {
-    watcher: W,
-    config: Settings,
+    pub(crate) watcher: W,
+    pub(crate) config: Settings,
     exports: Option<ExportRequests>,
     /// `None` only after a blocking store task panicked with the store.
-    store: Option<S>,
+    pub(crate) store: Option<S>,
     reporter: Reporter,
     handlers: Handlers<P, A, O>,
     /// `apply` has returned for every update at or below this cursor.
@@ -77,6 +79,8 @@ pub(crate) struct Engine<W, S, P, A, O, T> {
     /// The last cursor committed (with a store) and reported.
     committed: WatchCursor,
     identity: Option<BucketIdentity>,
+    /// The next watch is a state-sync (after a repair), whatever the cursor.
+    pub(crate) relist_next: bool,
     pending: Pending<T>,
     store_failures: u32,
     window: Pin<Box<Sleep>>,
@@ -117,6 +121,7 @@ where
             applied: start.clone(),
             committed: start,
             identity: None,
+            relist_next: false,
             pending: Pending::new(capacity),
             store_failures: 0,
             window: Box::pin(sleep(config.batch.window)),
@@ -143,21 +148,24 @@ where
         let shutdown = self.config.shutdown.clone();
         self.reporter.phase(Phase::Starting);
         self.reporter.applied(self.committed.revision());
-        self.refresh_retention().await;
+        self.refresh_retention().await?;
         let mut attempt = 0u32;
         loop {
             let start = match self.applied.revision() {
-                Some(_) => WatchStart::After(self.applied.clone()),
-                None => WatchStart::Relist,
+                Some(_) if !self.relist_next => WatchStart::After(self.applied.clone()),
+                _ => WatchStart::Relist,
             };
             let stream = match self.open_watch(&shutdown, start).await? {
                 Opened::Stream(s) => {
                     attempt = 0;
+                    self.relist_next = false;
                     s
                 }
                 Opened::Shutdown => return self.stop(StopReason::Shutdown).await,
                 Opened::Expired(reason) => {
-                    self.on_expiry(reason).await?;
+                    if self.on_expiry(reason).await? == AfterExpiry::Shutdown {
+                        return self.stop(StopReason::Shutdown).await;
+                    }
                     continue;
                 }
                 Opened::Failed(e) => {
@@ -180,7 +188,9 @@ where
                 StreamEnd::Expired(reason) => {
                     // Drain-then-repair: everything delivered is folded first.
                     self.flush().await?;
-                    self.on_expiry(reason).await?;
+                    if self.on_expiry(reason).await? == AfterExpiry::Shutdown {
+                        return self.stop(StopReason::Shutdown).await;
+                    }
                 }
                 StreamEnd::Failed(e) => {
                     self.flush().await?;
@@ -225,7 +235,7 @@ where
         }
     }
 
-    async fn open_watch(
+    pub(crate) async fn open_watch(
         &mut self,
         shutdown: &CancellationToken,
         start: WatchStart,
@@ -278,7 +288,7 @@ where
                 Event::Export(Some(request)) => self.serve_export(request).await?,
                 Event::WindowElapsed | Event::RetryCommit => self.flush().await?,
                 Event::RefreshStatus => {
-                    self.refresh_retention().await;
+                    self.refresh_retention().await?;
                     refresh.as_mut().reset(Instant::now() + every);
                 }
                 Event::Item(item) => {
@@ -326,7 +336,7 @@ where
     }
 
     /// Take one delivery into the open batch; true when the batch is full.
-    fn receive(&mut self, update: KvUpdate) -> bool {
+    pub(crate) fn receive(&mut self, update: KvUpdate) -> bool {
         let revision = update.revision();
         let received = next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r));
         if is_replay(received, revision) {
@@ -483,13 +493,15 @@ where
         Ok(())
     }
 
-    /// Re-read the bucket's retention for the status' lag and the cursor's
-    /// bucket identity. A failure only leaves the status stale.
-    async fn refresh_retention(&mut self) {
+    /// Re-read the bucket's retention for the status' lag, the cursor's
+    /// bucket identity and its eviction memo (R5). A failed read only
+    /// leaves the status stale; only a failing memo commit is an error.
+    async fn refresh_retention(&mut self) -> Result<(), AppliedError> {
         let bound = self.config.timeouts.retention;
         match tokio::time::timeout(bound, self.watcher.retention()).await {
             Ok(Ok(retention)) => {
                 self.reporter.stream_last(retention.last_revision);
+                self.note_eviction(&retention).await?;
                 self.identity = Some(retention.identity);
             }
             Ok(Err(error)) => {
@@ -499,6 +511,41 @@ where
                 tracing::debug!(watch = %self.config.name, ?bound, "retention read timed out")
             }
         }
+        Ok(())
+    }
+
+    /// R5: the first time retention is seen to have evicted current values
+    /// (an evicting bucket whose head has moved, so K7 fails on retention
+    /// alone), record it in the cursor's memo and commit it right away when
+    /// no batch is open (otherwise the next flush carries it).
+    pub(crate) async fn note_eviction(
+        &mut self,
+        retention: &Retention,
+    ) -> Result<(), AppliedError> {
+        if self.applied.seen_evicting()
+            || listing_is_truth(
+                retention.evicts_current_values,
+                retention.first_revision,
+                false,
+            )
+        {
+            return Ok(());
+        }
+        tracing::warn!(
+            watch = %self.config.name,
+            first_revision = retention.first_revision,
+            "retention evicts current values; the bucket's listing is no longer trusted",
+        );
+        self.applied = self.applied.clone().with_seen_evicting();
+        if self.pending.count > 0 {
+            return Ok(());
+        }
+        if S::DURABLE {
+            self.commit().await
+        } else {
+            self.report();
+            Ok(())
+        }
     }
 
     pub(crate) fn reporter(&self) -> &Reporter {
@@ -507,7 +554,7 @@ where
 }
 
 /// The result of trying to open a watch.
-enum Opened<St> {
+pub(crate) enum Opened<St> {
     Stream(St),
     Shutdown,
     Expired(slipstream_kv::ExpiryReason),

@@ -19,6 +19,68 @@ pub enum AppliedError {
         /// The applied cursor when the expiry was handled.
         cursor: WatchCursor,
     },
+    /// A relist repair was configured but the bucket's listing is not the
+    /// truth (retention evicts current values, K7); the fold is left as
+    /// committed at `cursor`.
+    #[error("relist refused after cursor expiry ({reason}): the bucket's listing is not the truth")]
+    RelistRefused {
+        /// Why the cursor expired.
+        reason: ExpiryReason,
+        /// The committed cursor.
+        cursor: WatchCursor,
+    },
+    /// The repair plan needs a restore from an artifact, which this engine
+    /// cannot do yet; the fold is left as committed at `cursor`.
+    #[error("repair after cursor expiry ({reason}) needs a restore, which is not available yet")]
+    RestoreUnavailable {
+        /// Why the cursor expired.
+        reason: ExpiryReason,
+        /// The committed cursor.
+        cursor: WatchCursor,
+    },
+    /// The bucket was recreated or rolled back (its identity changed or
+    /// the cursor is past its log); repairing that is not available yet.
+    /// The fold is left as committed at `cursor`.
+    #[error(
+        "cursor expired because the bucket was recreated or rolled back ({reason}); not repaired"
+    )]
+    BucketReplaced {
+        /// Why the cursor expired.
+        reason: ExpiryReason,
+        /// The committed cursor.
+        cursor: WatchCursor,
+    },
+    /// A repair would delete `deletions` of the `fold_len` in-scope keys,
+    /// more than the mass-delete guard allows (K14); it is held until
+    /// overridden with [`MassDeletePolicy::Allow`]. The fold is left as
+    /// committed at `cursor`.
+    ///
+    /// [`MassDeletePolicy::Allow`]: crate::MassDeletePolicy::Allow
+    #[error("repair held by the mass-delete guard: it would delete {deletions} of {fold_len} keys")]
+    MassDeleteHeld {
+        /// Keys the repair would delete.
+        deletions: u64,
+        /// In-scope keys of the fold.
+        fold_len: u64,
+        /// The committed cursor.
+        cursor: WatchCursor,
+    },
+    /// A relist repair needs a store to compare the listing with; a watch
+    /// without one cannot delete what it never sees.
+    #[error("relist repair after cursor expiry ({reason}) needs a store")]
+    RepairNeedsStore {
+        /// Why the cursor expired.
+        reason: ExpiryReason,
+    },
+    /// A repair step failed (R4); the fold is left as committed.
+    #[error("repair failed while {stage}: {source}")]
+    RepairFailed {
+        /// The step: reading retention, listing.
+        stage: &'static str,
+        /// The backend's error.
+        #[source]
+        source: KvError,
+    },
     /// The store failed to commit this many times in a row; the watch
     /// stopped. The store still holds its last committed (data, cursor).
     #[error("store commit failed {attempts} times in a row; last error: {last}")]

@@ -55,6 +55,16 @@
 //! ([`AppliedConfig::store`]) the engine resumes from the store's own
 //! cursor.
 //!
+//! When the cursor expires (the bucket's retention passed it while the
+//! node was down, or overran a running watch), the watch ends with
+//! [`AppliedError::CursorExpired`] unless [`AppliedConfig::on_expiry`]
+//! asks for a repair ([`OnExpiry::Repair`] with a [`RepairMode`]). A relist
+//! repair deletes, through `parse` and `apply`, every fold key the bucket
+//! no longer lists, before any re-listed value arrives; it is refused where
+//! the listing is not the truth (retention evicts current values) and held
+//! by the mass-delete guard ([`MassDeletePolicy`]) when it would delete
+//! most of the fold. Restores are not available yet.
+//!
 //! `apply` panicking aborts the watch (E10): the panic unwinds through
 //! [`AppliedWatch::run`], nothing of the batch is committed, and the next
 //! start re-delivers it.
@@ -70,9 +80,10 @@ mod slot;
 mod status;
 
 pub use applied::{AppliedWatch, Finished, StopReason, Stopped};
-pub use config::{AppliedConfig, BatchPolicy, RetryPolicy, Timeouts};
+pub use config::{AppliedConfig, BatchPolicy, MassDeletePolicy, OnExpiry, RetryPolicy, Timeouts};
 pub use error::AppliedError;
 pub use export::{ExportRequest, ExportRequests, Exporter, export_channel};
 pub use handlers::{Handlers, IgnoreApplied, handlers};
+pub use slipstream_protocol::{MassDeleteLimit, RepairMode};
 pub use slot::{NoStore, StoreSlot};
 pub use status::{Phase, StatusReceiver, WatchStatus};

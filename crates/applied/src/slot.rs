@@ -1,6 +1,7 @@
 //! The engine's view of where the fold goes: a [`SnapshotStore`], or
 //! nowhere ([`NoStore`]).
 
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use slipstream_kv::{KvUpdate, WatchCursor, WatchScope};
@@ -20,6 +21,17 @@ pub trait StoreSlot: Send + 'static {
     /// # Errors
     /// The store's error; nothing of the batch is visible then.
     fn commit(&mut self, batch: &[KvUpdate], cursor: &WatchCursor) -> Result<(), SnapshotError>;
+
+    /// Call `f` for every key of the fold inside `scope`, once each, in
+    /// ascending key order. [`NoStore`] holds no keys.
+    ///
+    /// # Errors
+    /// The store's read error.
+    fn for_each_key(
+        &self,
+        scope: &WatchScope,
+        f: &mut dyn FnMut(&str),
+    ) -> Result<(), SnapshotError>;
 
     /// Export the last commit to `dest`; `None` when there is no store.
     fn export(
@@ -44,6 +56,20 @@ impl<S: SnapshotStore> StoreSlot for S {
 
     fn commit(&mut self, batch: &[KvUpdate], cursor: &WatchCursor) -> Result<(), SnapshotError> {
         self.apply(batch, cursor)
+    }
+
+    fn for_each_key(
+        &self,
+        scope: &WatchScope,
+        f: &mut dyn FnMut(&str),
+    ) -> Result<(), SnapshotError> {
+        for prefix in disjoint_prefixes(scope) {
+            self.for_each_in_range(prefix, &mut |key, _| {
+                f(key);
+                ControlFlow::Continue(())
+            })?;
+        }
+        Ok(())
     }
 
     fn export(
@@ -75,6 +101,10 @@ impl StoreSlot for NoStore {
         Ok(())
     }
 
+    fn for_each_key(&self, _: &WatchScope, _: &mut dyn FnMut(&str)) -> Result<(), SnapshotError> {
+        Ok(())
+    }
+
     fn export(
         &mut self,
         _: &Path,
@@ -85,5 +115,38 @@ impl StoreSlot for NoStore {
 
     fn close(self) -> Result<(), SnapshotError> {
         Ok(())
+    }
+}
+
+/// The scope's prefixes sorted, without any that another one covers, so
+/// their ranges are disjoint and visited in key order.
+fn disjoint_prefixes(scope: &WatchScope) -> Vec<&str> {
+    let mut prefixes: Vec<&str> = match scope {
+        WatchScope::All => vec![""],
+        WatchScope::Prefix(p) => vec![p.as_str()],
+        WatchScope::Prefixes(ps) => ps.iter().map(String::as_str).collect(),
+    };
+    prefixes.sort_unstable();
+    let mut kept: Vec<&str> = Vec::with_capacity(prefixes.len());
+    for p in prefixes {
+        // Sorted order puts a covering prefix first, and everything between
+        // it and `p` also starts with it: checking the last kept suffices.
+        if !kept.last().is_some_and(|q| p.starts_with(q)) {
+            kept.push(p);
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_scope_prefixes_are_scanned_once_in_key_order() {
+        let scope = WatchScope::Prefixes(vec!["b.".into(), "a".into(), "ab".into(), "b.".into()]);
+        assert_eq!(disjoint_prefixes(&scope), ["a", "b."]);
+        assert_eq!(disjoint_prefixes(&WatchScope::All), [""]);
+        assert_eq!(disjoint_prefixes(&WatchScope::Prefix("x.".into())), ["x."]);
     }
 }

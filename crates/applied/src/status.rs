@@ -61,6 +61,7 @@ pub type StatusReceiver = watch::Receiver<WatchStatus>;
 
 /// The engine's side of the status and its metric handles.
 pub(crate) struct Reporter {
+    name: String,
     tx: watch::Sender<WatchStatus>,
     applied: Gauge,
     lag: Gauge,
@@ -76,6 +77,7 @@ impl Reporter {
     pub(crate) fn new(name: &str, tx: watch::Sender<WatchStatus>) -> Self {
         let label = [("watch", name.to_owned())];
         Self {
+            name: name.to_owned(),
             tx,
             applied: metrics::gauge!("slipstream_applied_cursor", &label),
             lag: metrics::gauge!("slipstream_applied_lag", &label),
@@ -150,6 +152,17 @@ impl Reporter {
 
     pub(crate) fn guard_trip(&self) {
         self.guard_trips.increment(1);
+    }
+
+    /// Count a repair by its kind (`relist`, `relist_only`, `refused`,
+    /// `held`, `restore_unavailable`, `bucket_replaced`).
+    pub(crate) fn repair(&self, kind: &'static str) {
+        metrics::counter!(
+            "slipstream_applied_repairs_total",
+            "watch" => self.name.clone(),
+            "kind" => kind
+        )
+        .increment(1);
     }
 
     pub(crate) fn store_failure(&self) {

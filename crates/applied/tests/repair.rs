@@ -1,0 +1,532 @@
+//! R1–R5, R9 over the simulator with an append-log store: relist repair,
+//! repair mode None, refusal on an evicting bucket, in-process repair of an
+//! overrun watch, the mass-delete guard, and delete-before-put order.
+
+// Helpers outside #[test] fns panic on failure too: that is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{App, DEADLINE, FaultPlan, FaultStore, fold_of, open_store};
+use slipstream_applied::{
+    AppliedConfig, AppliedError, AppliedWatch, Finished, MassDeletePolicy, OnExpiry, Phase,
+    RepairMode, StatusReceiver, WatchStatus,
+};
+use slipstream_kv::{
+    Connection, ExpiryReason, KvError, KvReader, KvStore, KvWatcher, KvWriter, Retention,
+    StoreConfig, WatchScope, WatchStart,
+};
+use slipstream_memory::{ManualClock, MemoryServer, MemoryStore, MemoryWatch};
+use slipstream_snapshot::SnapshotStore;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+type Fold = BTreeMap<String, (Bytes, Option<u64>)>;
+
+async fn bucket_with(server: &MemoryServer, config: StoreConfig) -> MemoryStore {
+    let conn = server.connection();
+    conn.connect().await.unwrap();
+    conn.store_with_config(&config).await.unwrap()
+}
+
+async fn bucket() -> (MemoryServer, MemoryStore) {
+    let server = MemoryServer::new();
+    let kv = bucket_with(&server, StoreConfig::new("cfg")).await;
+    (server, kv)
+}
+
+async fn put(kv: &MemoryStore, key: &str, value: &str) -> u64 {
+    kv.writer()
+        .put(key, Bytes::from(value.to_owned()))
+        .await
+        .unwrap()
+}
+
+async fn wait_status(rx: &mut StatusReceiver, f: impl FnMut(&WatchStatus) -> bool) -> WatchStatus {
+    timeout(DEADLINE, rx.wait_for(f))
+        .await
+        .expect("status deadline")
+        .expect("status sender alive")
+        .clone()
+}
+
+/// The bucket's live entries: key -> (value, revision).
+async fn truth(kv: &MemoryStore) -> Fold {
+    kv.scan("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, (e.value, e.version.as_u64())))
+        .collect()
+}
+
+struct Running {
+    task: JoinHandle<Finished<FaultStore>>,
+    status: StatusReceiver,
+    token: CancellationToken,
+}
+
+fn start<W: KvWatcher + 'static>(
+    watcher: W,
+    store: FaultStore,
+    app: &App,
+    tune: impl FnOnce(AppliedConfig<FaultStore>) -> AppliedConfig<FaultStore>,
+) -> Running {
+    let token = CancellationToken::new();
+    let config = tune(
+        AppliedConfig::new(WatchScope::All)
+            .store(store)
+            .shutdown(token.clone()),
+    );
+    let watch = AppliedWatch::new(watcher, config);
+    let status = watch.status();
+    let task = tokio::spawn(watch.run(app.handlers()));
+    Running {
+        task,
+        status,
+        token,
+    }
+}
+
+fn repair(mode: RepairMode) -> impl FnOnce(AppliedConfig<FaultStore>) -> AppliedConfig<FaultStore> {
+    move |c| c.on_expiry(OnExpiry::Repair(mode))
+}
+
+/// Sync a fresh node to the bucket, stop it and hand back its store.
+async fn synced_store(kv: &MemoryStore, dir: &std::path::Path, app: &App) -> FaultStore {
+    let (_, store) = open_store(dir, &FaultPlan::new());
+    let mut run = start(kv.watcher(), store, app, |c| c);
+    wait_status(&mut run.status, WatchStatus::is_ready).await;
+    run.token.cancel();
+    run.task.await.unwrap().store.unwrap()
+}
+
+/// Run until the status is ready at `revision`, then stop; hand back the
+/// store. Fails if the watch ends on its own first.
+async fn run_to(mut run: Running, revision: u64) -> FaultStore {
+    wait_status(&mut run.status, |s| {
+        s.is_ready() && s.applied == Some(revision)
+    })
+    .await;
+    assert!(
+        !run.task.is_finished(),
+        "the watch goes on after the repair"
+    );
+    run.token.cancel();
+    let finished = run.task.await.unwrap();
+    finished.result.expect("clean stop");
+    finished.store.unwrap()
+}
+
+/// A node synced at revision 4 (`a`..`d`); while it is down, `a` is deleted
+/// and its subject purged (the marker is gone), `b`, `c`, `d` are rewritten,
+/// `e` is created, and the head is purged past the node's cursor. Returns
+/// the bucket's last revision.
+async fn offline_gap_with_a_purged_delete(
+    server: &MemoryServer,
+    kv: &MemoryStore,
+    dir: &std::path::Path,
+    app: &App,
+) -> (FaultStore, u64) {
+    for key in ["a", "b", "c", "d"] {
+        put(kv, key, "v1").await;
+    }
+    let store = synced_store(kv, dir, app).await;
+    assert_eq!(store.cursor().revision(), Some(4));
+
+    put(kv, "b", "v2").await; // 5
+    put(kv, "b", "v3").await; // 6
+    put(kv, "c", "v2").await; // 7
+    put(kv, "d", "v2").await; // 8
+    kv.writer().delete("a").await.unwrap(); // 9
+    server.bucket("cfg").purge_subject("a").unwrap();
+    let last = put(kv, "e", "v1").await; // 10
+    // Only superseded messages go: the head passes the cursor's resume point.
+    server.bucket("cfg").purge_below(6).unwrap();
+    (store, last)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_purged_delete_in_an_offline_gap_leaves_the_fold_with_relist() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+
+    let watcher = Hooked::new(&kv, Hook::Observe);
+    let (status, phases) = (Arc::clone(&watcher.status), Arc::clone(&watcher.phases));
+    let run = start(watcher, store, &app, repair(RepairMode::Relist));
+    *status.lock().unwrap() = Some(run.status.clone());
+    let store = run_to(run, last).await;
+    assert_eq!(
+        *phases.lock().unwrap(),
+        [Phase::Repairing, Phase::Repairing],
+        "the listing and the re-list open while the status says Repairing"
+    );
+    let fold = fold_of(&store);
+    assert!(!fold.contains_key("a"), "the vanished key left the fold");
+    assert_eq!(fold, truth(&kv).await, "the fold equals the bucket");
+    assert_eq!(app.seen().fold, fold, "the application saw the same fold");
+    assert!(
+        app.seen().violations.is_empty(),
+        "{:?}",
+        app.seen().violations
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn repair_mode_none_keeps_a_key_whose_delete_was_purged_in_the_gap() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+
+    let run = start(kv.watcher(), store, &app, repair(RepairMode::None));
+    let store = run_to(run, last).await;
+    let fold = fold_of(&store);
+    // The pinned divergence: without deletes the purged key persists.
+    assert_eq!(fold.get("a"), Some(&(Bytes::from_static(b"v1"), Some(1))));
+    let mut expected = truth(&kv).await;
+    expected.insert("a".into(), (Bytes::from_static(b"v1"), Some(1)));
+    assert_eq!(fold, expected, "everything else is re-listed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn relist_is_refused_on_a_bucket_where_a_key_aged_out_and_the_fold_is_unchanged() {
+    let server = MemoryServer::with_clock(ManualClock::new());
+    let hour = Duration::from_secs(3600);
+    let kv = bucket_with(&server, StoreConfig::new("cfg").max_age(hour)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    put(&kv, "a", "v1").await; // 1
+    put(&kv, "b", "v1").await; // 2
+    let store = synced_store(&kv, dir.path(), &app).await;
+    let before = fold_of(&store);
+
+    server.clock().advance(Duration::from_secs(10 * 60));
+    put(&kv, "b", "v2").await; // 3
+    server.clock().advance(Duration::from_secs(40 * 60));
+    put(&kv, "b", "v3").await; // 4
+    put(&kv, "c", "v1").await; // 5
+    // 1..=3 age out: `a`'s only value is gone, the head passes the cursor.
+    server.clock().advance(Duration::from_secs(25 * 60));
+    assert!(!truth(&kv).await.contains_key("a"), "a aged out");
+
+    let run = start(kv.watcher(), store, &app, repair(RepairMode::Relist));
+    let finished = run.task.await.unwrap();
+    match &finished.result {
+        Err(AppliedError::RelistRefused {
+            reason: ExpiryReason::BelowFirstSequence { revision: 2, .. },
+            cursor,
+        }) => assert_eq!(cursor.revision(), Some(2)),
+        other => panic!("expected RelistRefused, got {other:?}"),
+    }
+    let store = finished.store.unwrap();
+    assert_eq!(fold_of(&store), before, "the fold stays as committed");
+    assert_eq!(store.cursor().revision(), Some(2));
+    assert!(
+        store.cursor().seen_evicting(),
+        "the eviction memo is committed with the fold (R5)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_all_scope_watch_overrun_mid_watch_is_repaired_in_process() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    for key in ["a", "b", "c", "d"] {
+        put(&kv, key, "v1").await;
+    }
+    let store = synced_store(&kv, dir.path(), &app).await;
+    // Resume as a delta watch (guarded), then overrun it.
+    let mut run = start(kv.watcher(), store, &app, repair(RepairMode::Relist));
+    wait_status(&mut run.status, WatchStatus::is_ready).await;
+    server.faults().stall_watches();
+    put(&kv, "b", "v2").await; // 5
+    put(&kv, "b", "v3").await; // 6
+    put(&kv, "c", "v2").await; // 7
+    kv.writer().delete("a").await.unwrap(); // 8
+    server.bucket("cfg").purge_subject("a").unwrap();
+    let last = put(&kv, "e", "v1").await; // 9
+    server.bucket("cfg").purge_below(6).unwrap();
+    server.faults().release_watches();
+
+    // Only a repair removes `a`: its delete marker was purged.
+    let store = run_to(run, last).await;
+    let fold = fold_of(&store);
+    assert!(!fold.contains_key("a"));
+    assert_eq!(fold, truth(&kv).await);
+    assert_eq!(app.seen().fold, fold);
+}
+
+/// A node synced at revision 4 (`a`..`d`); while it is down `a`, `b`, `c`
+/// are deleted with their subjects purged and the head passes the cursor.
+async fn offline_gap_deleting_most_of_the_fold(
+    server: &MemoryServer,
+    kv: &MemoryStore,
+    dir: &std::path::Path,
+    app: &App,
+) -> (FaultStore, u64) {
+    for key in ["a", "b", "c", "d"] {
+        put(kv, key, "v1").await;
+    }
+    let store = synced_store(kv, dir, app).await;
+    for key in ["a", "b", "c"] {
+        kv.writer().delete(key).await.unwrap();
+        server.bucket("cfg").purge_subject(key).unwrap();
+    }
+    put(kv, "d", "v2").await; // 8
+    let last = put(kv, "d", "v3").await; // 9
+    server.bucket("cfg").purge_below(9).unwrap();
+    (store, last)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repair_that_would_delete_most_of_the_fold_is_held() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, _) = offline_gap_deleting_most_of_the_fold(&server, &kv, dir.path(), &app).await;
+    let before = fold_of(&store);
+
+    let run = start(kv.watcher(), store, &app, repair(RepairMode::Relist));
+    let finished = run.task.await.unwrap();
+    match &finished.result {
+        Err(AppliedError::MassDeleteHeld {
+            deletions: 3,
+            fold_len: 4,
+            cursor,
+        }) => assert_eq!(cursor.revision(), Some(4)),
+        other => panic!("expected MassDeleteHeld, got {other:?}"),
+    }
+    let store = finished.store.unwrap();
+    assert_eq!(fold_of(&store), before, "nothing was deleted");
+    assert_eq!(store.cursor().revision(), Some(4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_mass_delete_proceeds_with_the_explicit_override() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, last) = offline_gap_deleting_most_of_the_fold(&server, &kv, dir.path(), &app).await;
+
+    let run = start(kv.watcher(), store, &app, |c| {
+        repair(RepairMode::Relist)(c).mass_delete(MassDeletePolicy::Allow)
+    });
+    let store = run_to(run, last).await;
+    let fold = fold_of(&store);
+    assert_eq!(fold.keys().collect::<Vec<_>>(), ["d"]);
+    assert_eq!(fold, truth(&kv).await);
+}
+
+/// What a [`Hooked`] watcher does besides watching the bucket.
+enum Hook {
+    /// Write `key` right before the `n`th state-sync watch opens: a key
+    /// recreated between the listing and the re-list.
+    RecreateBeforeRelist { n: usize, key: &'static str },
+    /// Every state-sync watch (the listing) fails to open.
+    FailListing,
+    /// Every retention read fails.
+    FailRetention,
+    /// Nothing besides recording the phase.
+    Observe,
+}
+
+struct Hooked {
+    inner: MemoryStore,
+    relists: AtomicUsize,
+    hook: Hook,
+    /// The engine's status, once started, and its phase at each state-sync
+    /// watch call.
+    status: Arc<Mutex<Option<StatusReceiver>>>,
+    phases: Arc<Mutex<Vec<Phase>>>,
+}
+
+impl Hooked {
+    fn new(inner: &MemoryStore, hook: Hook) -> Self {
+        Self {
+            inner: inner.clone(),
+            relists: AtomicUsize::new(0),
+            hook,
+            status: Arc::default(),
+            phases: Arc::default(),
+        }
+    }
+}
+
+impl KvWatcher for Hooked {
+    type WatchStream = MemoryWatch;
+
+    async fn watch(&self, scope: &WatchScope, start: WatchStart) -> Result<MemoryWatch, KvError> {
+        if start == WatchStart::Relist {
+            let nth = self.relists.fetch_add(1, Ordering::SeqCst) + 1;
+            if let Some(rx) = self.status.lock().unwrap().as_ref() {
+                let phase = rx.borrow().phase;
+                self.phases.lock().unwrap().push(phase);
+            }
+            match self.hook {
+                Hook::RecreateBeforeRelist { n, key } if n == nth => {
+                    put(&self.inner, key, "again").await;
+                }
+                Hook::FailListing => {
+                    return Err(KvError::BucketNotFound {
+                        bucket: "cfg".into(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        self.inner.watch(scope, start).await
+    }
+
+    async fn retention(&self) -> Result<Retention, KvError> {
+        if matches!(self.hook, Hook::FailRetention) {
+            return Err(KvError::OperationFailed("retention unavailable".into()));
+        }
+        self.inner.retention().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_deleted_and_recreated_in_the_gap_ends_present_because_deletes_come_first() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+
+    // Relist 1 lists (`a` absent), relist 2 is the state-sync: `a` is
+    // recreated in between, so the synthetic delete of `a` and the re-list
+    // put of `a` both happen; only delete-then-put leaves it present.
+    let watcher = Hooked::new(&kv, Hook::RecreateBeforeRelist { n: 2, key: "a" });
+    let run = start(watcher, store, &app, repair(RepairMode::Relist));
+    let store = run_to(run, last + 1).await;
+    let fold = fold_of(&store);
+    assert_eq!(
+        fold.get("a"),
+        Some(&(Bytes::from_static(b"again"), Some(last + 1)))
+    );
+    // Both happened: the synthetic delete (no revision) was parsed before
+    // the re-list's put of `a`.
+    let parsed = app.seen().parsed.clone();
+    let delete_at = parsed
+        .iter()
+        .position(Option::is_none)
+        .expect("a synthetic delete");
+    let put_at = parsed
+        .iter()
+        .position(|r| *r == Some(last + 1))
+        .expect("the re-list put");
+    assert!(delete_at < put_at, "{parsed:?}");
+    assert_eq!(fold, truth(&kv).await);
+    assert_eq!(app.seen().fold, fold);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_still_ends_an_expired_watch_with_cursor_expired() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, _) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let before = fold_of(&store);
+    let run = start(kv.watcher(), store, &app, |c| c);
+    let finished = run.task.await.unwrap();
+    assert!(
+        matches!(finished.result, Err(AppliedError::CursorExpired { .. })),
+        "{:?}",
+        finished.result
+    );
+    assert_eq!(fold_of(&finished.store.unwrap()), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn repair_modes_needing_a_restore_stop_with_restore_unavailable() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, _) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let before = fold_of(&store);
+    let run = start(kv.watcher(), store, &app, repair(RepairMode::Restore));
+    let finished = run.task.await.unwrap();
+    assert!(
+        matches!(
+            finished.result,
+            Err(AppliedError::RestoreUnavailable { .. })
+        ),
+        "{:?}",
+        finished.result
+    );
+    assert_eq!(fold_of(&finished.store.unwrap()), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_relists_when_the_listing_is_the_truth() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let run = start(kv.watcher(), store, &app, repair(RepairMode::Auto));
+    let store = run_to(run, last).await;
+    assert_eq!(fold_of(&store), truth(&kv).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relist_without_a_store_stops_with_repair_needs_store() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, _) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let config = AppliedConfig::new(WatchScope::All)
+        .resume_from(store.cursor().clone())
+        .on_expiry(OnExpiry::Repair(RepairMode::Relist));
+    let finished = AppliedWatch::new(kv.watcher(), config)
+        .run(app.handlers())
+        .await;
+    assert!(
+        matches!(
+            finished.result,
+            Err(AppliedError::RepairNeedsStore {
+                reason: ExpiryReason::BelowFirstSequence { revision: 4, .. }
+            })
+        ),
+        "{:?}",
+        finished.result
+    );
+    assert_eq!(finished.cursor.revision(), Some(4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_listing_or_retention_read_stops_the_repair_with_the_fold_unchanged() {
+    for (hook, stage) in [
+        (Hook::FailListing, "listing"),
+        (Hook::FailRetention, "reading retention"),
+    ] {
+        let (server, kv) = bucket().await;
+        let dir = tempfile::tempdir().unwrap();
+        let app = App::new();
+        let (store, _) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+        let before = fold_of(&store);
+        let run = start(
+            Hooked::new(&kv, hook),
+            store,
+            &app,
+            repair(RepairMode::Relist),
+        );
+        let finished = run.task.await.unwrap();
+        match &finished.result {
+            Err(AppliedError::RepairFailed { stage: s, .. }) => assert_eq!(*s, stage),
+            other => panic!("expected RepairFailed while {stage}, got {other:?}"),
+        }
+        let store = finished.store.unwrap();
+        assert_eq!(fold_of(&store), before, "the fold stays as committed");
+        assert_eq!(store.cursor().revision(), Some(4));
+    }
+}
