@@ -96,11 +96,18 @@ impl CliError {
         }
     }
 
-    /// The process exit code: 3 when the fold needs a repair this build
-    /// cannot do, 2 for usage errors (as clap), 1 otherwise.
+    /// The process exit code: 3 when the fold needs a repair that was not
+    /// done (mode `none`, refused, held, or not available in this build), 2
+    /// for usage errors (as clap), 1 otherwise.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            Self::CursorExpired { .. } => 3,
+            Self::CursorExpired { .. }
+            | Self::Applied(
+                AppliedError::RelistRefused { .. }
+                | AppliedError::RestoreUnavailable { .. }
+                | AppliedError::BucketReplaced { .. }
+                | AppliedError::MassDeleteHeld { .. },
+            ) => 3,
             Self::Usage(_) => 2,
             _ => 1,
         }

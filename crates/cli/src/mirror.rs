@@ -8,8 +8,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use slipstream::kv::{Connection, KvStore};
 use slipstream::{
-    AppliedConfig, AppliedError, AppliedWatch, Phase, SnapshotStore, StatusReceiver, StopReason,
-    WatchScope, handlers,
+    AppliedConfig, AppliedError, AppliedWatch, OnExpiry, Phase, RepairMode, SnapshotStore,
+    StatusReceiver, StopReason, WatchScope, handlers,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,17 @@ pub(crate) enum RepairArg {
 }
 
 impl RepairArg {
+    /// What the engine does on expiry. `restore` and the restore half of
+    /// `auto` stop with a one-line error until restore lands in the engine.
+    fn on_expiry(self) -> OnExpiry {
+        match self {
+            Self::Auto => OnExpiry::Repair(RepairMode::Auto),
+            Self::Relist => OnExpiry::Repair(RepairMode::Relist),
+            Self::Restore => OnExpiry::Repair(RepairMode::Restore),
+            Self::None => OnExpiry::Stop,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Auto => "auto",
@@ -217,6 +228,7 @@ async fn mirror<S: SnapshotStore>(
     let config = AppliedConfig::new(scope)
         .name(args.bucket.clone())
         .store(store)
+        .on_expiry(args.repair.on_expiry())
         .shutdown(shutdown.clone());
     let watch = AppliedWatch::new(bucket.watcher(), config);
     let progress = tokio::spawn(show_progress(watch.status(), start));
@@ -256,7 +268,10 @@ async fn mirror<S: SnapshotStore>(
 
 fn expiry_advice(repair: RepairArg) -> String {
     match repair {
-        RepairArg::None => "--repair none: not repairing".to_owned(),
+        RepairArg::None => {
+            "--repair none: not repairing (--repair auto relists where the bucket's listing is the truth)"
+                .to_owned()
+        }
         mode => format!(
             "--repair {} is not available in this build yet: mirror into a new --store, or `slipstream import` an artifact exported by another node",
             mode.name()

@@ -196,7 +196,7 @@ async fn mirror_survives_kill_9_and_dump_equals_the_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "live: needs NATS_SERVER_BIN; `cargo xtask it` runs it"]
-async fn mirror_past_retention_exits_3_with_one_line() {
+async fn mirror_past_retention_with_repair_none_exits_3_with_one_line() {
     let server = NatsServer::start().await;
     let url = server.url();
     let (_conn, bucket) = bucket(&url, "edge").await;
@@ -221,6 +221,8 @@ async fn mirror_past_retention_exits_3_with_one_line() {
             "edge",
             "--store",
             s(&store),
+            "--repair",
+            "none",
         ])
         .output()
         .unwrap()
@@ -232,6 +234,43 @@ async fn mirror_past_retention_exits_3_with_one_line() {
         status.contains("retention has passed the cursor"),
         "{status}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live: needs NATS_SERVER_BIN; `cargo xtask it` runs it"]
+async fn mirror_past_retention_relists_and_drops_a_delete_lost_in_the_gap() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let (_conn, bucket) = bucket(&url, "edge").await;
+    let dir = TempDir::new("cli-relist");
+    let store = dir.path().join("store");
+    write(&bucket, 0..20, "a").await;
+    let mut first = Mirror::start(&url, "edge", &store, dir.path().join("1.log"), &[]);
+    first.wait_caught_up().await;
+    assert_eq!(first.terminate().await, Some(0));
+
+    // While the mirror is down: every key is rewritten, one is deleted, and
+    // retention removes the delete's marker and everything the mirror saw.
+    write(&bucket, 0..20, "b").await;
+    bucket.writer().delete("cfg.0000").await.unwrap();
+    let admin = Admin::connect(&url).await;
+    admin
+        .purge_subject("KV_edge", "$KV.edge.cfg.0000")
+        .await
+        .unwrap();
+    admin.purge_below("KV_edge", 21).await.unwrap();
+
+    // The default repair mode (auto) relists: the listing is the truth here.
+    let mut second = Mirror::start(&url, "edge", &store, dir.path().join("2.log"), &[]);
+    second.wait_caught_up().await;
+    assert_eq!(second.terminate().await, Some(0));
+
+    let (cursor, entries) = dumped(&store);
+    let expected = truth(&bucket).await;
+    assert!(!expected.contains_key("cfg.0000"));
+    assert_eq!(entries, expected, "the deleted key left the fold");
+    assert_eq!(entries.len(), 19);
+    assert_eq!(cursor, expected.values().map(|(rev, _)| *rev).max());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
