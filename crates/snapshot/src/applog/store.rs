@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use slipstream_kv::{KvUpdate, WatchCursor};
 
-use super::codec::{self, MAX_KEY_LEN, MAX_VALUE_LEN};
+use super::codec;
 use super::fold::Fold;
 use super::recovery::{self, ScanError, ScanMode};
 use crate::artifact::sync_dir;
@@ -199,28 +199,6 @@ fn scan_file(
     Ok((scanned, total))
 }
 
-fn check_update(update: &KvUpdate) -> Result<(), SnapshotError> {
-    let key = update.key();
-    let bad = |reason: String| {
-        Err(SnapshotError::InvalidUpdate {
-            key: key.to_owned(),
-            reason,
-        })
-    };
-    if key.len() > MAX_KEY_LEN {
-        return bad(format!("key of {} bytes exceeds {MAX_KEY_LEN}", key.len()));
-    }
-    if let KvUpdate::Put(e) = update
-        && e.value.len() > MAX_VALUE_LEN
-    {
-        return bad(format!(
-            "value of {} bytes exceeds {MAX_VALUE_LEN}",
-            e.value.len()
-        ));
-    }
-    Ok(())
-}
-
 /// How long `open` waits for a directory lock held elsewhere. A lock can be
 /// held briefly by a process that is exiting, or by a forked child of this
 /// process that has not reached `exec` yet (it shares the open file until
@@ -342,7 +320,7 @@ impl SnapshotStore for AppendLogStore {
 
     fn apply(&mut self, batch: &[KvUpdate], cursor: &WatchCursor) -> Result<(), SnapshotError> {
         self.check_poisoned()?;
-        batch.iter().try_for_each(check_update)?;
+        batch.iter().try_for_each(crate::lsm::check_update_limits)?;
         if self.needs_compaction() {
             self.compact()?;
         }
