@@ -172,10 +172,22 @@ where
     <HarnessStore<H> as KvStore>::Writer: KvTtl,
 {
     let fx = Fixture::new(h, "ttl", |c| c.message_ttl(MessageTtl::Enabled)).await;
+    let w = fx.store.writer();
     if !fx.conn.capabilities().per_message_ttl {
+        // Without the capability a TTL must be refused, never stored as a
+        // value that will not expire.
+        let refused = within(
+            h,
+            "put_with_ttl",
+            w.put_with_ttl("short", Bytes::from_static(b"v"), Duration::from_secs(1)),
+        )
+        .await;
+        assert!(
+            matches!(refused, Err(KvError::Unsupported(_))),
+            "put_with_ttl without the capability must be Unsupported, got {refused:?}"
+        );
         return;
     }
-    let w = fx.store.writer();
     within(
         h,
         "put_with_ttl",
