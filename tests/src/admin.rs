@@ -85,6 +85,51 @@ impl Admin {
             .unwrap_or_else(|e| panic!("stream info {stream}: {e}"))
     }
 
+    /// The infos of the stream's consumers (`CONSUMER.LIST`, first page).
+    ///
+    /// # Panics
+    /// When the listing fails.
+    pub async fn consumers(&self, stream: &str) -> Vec<Value> {
+        let v = self
+            .api(&format!("CONSUMER.LIST.{stream}"), json!({}))
+            .await
+            .unwrap_or_else(|e| panic!("consumer list: {e}"));
+        v["consumers"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The stream's first retained sequence (`last + 1` when empty).
+    ///
+    /// # Panics
+    /// When the request fails or the reply lacks it.
+    pub async fn first_sequence(&self, stream: &str) -> u64 {
+        let info = self.stream_info(stream).await;
+        info["state"]["first_seq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("stream info {stream} without first_seq: {info}"))
+    }
+
+    /// Wait until the stream's first retained sequence is above `above`
+    /// (retention or a purge moved its head past a cursor's resume point);
+    /// that sequence, or `None` when `within` elapsed first.
+    pub async fn wait_first_sequence_above(
+        &self,
+        stream: &str,
+        above: u64,
+        within: Duration,
+    ) -> Option<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            let first = self.first_sequence(stream).await;
+            if first > above {
+                return Some(first);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Remove every message below `seq`.
     ///
     /// # Errors

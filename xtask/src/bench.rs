@@ -120,8 +120,10 @@ pub(crate) fn parse_criterion(text: &str) -> Vec<Row> {
             }
         } else if let Some((_, interval)) = line.split_once("thrpt:")
             && let Some(row) = rows.last_mut()
+            && let Some(throughput) = middle(interval)
         {
-            row.throughput = middle(interval);
+            // A `change:` block's percentages are not a throughput.
+            row.throughput = Some(throughput);
         }
         if !line.trim().is_empty() {
             previous = line;
@@ -185,6 +187,28 @@ a/very/long/benchmark/id/that/wraps
                     throughput: None,
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn a_change_against_the_last_run_keeps_the_rows_figures() {
+        let text = "\
+hydrate/engine_no_store
+                        time:   [2.3 s 2.4 s 2.5 s]
+                        thrpt:  [395.65 Kelem/s 407.57 Kelem/s 422.96 Kelem/s]
+                 change:
+                        time:   [+45.874% +58.240% +70.715%] (p = 0.00 < 0.05)
+                        thrpt:  [-41.423% -36.805% -31.448%]
+                        Performance has regressed.
+";
+        let rows = parse_criterion(text);
+        assert_eq!(
+            rows,
+            vec![Row {
+                id: "hydrate/engine_no_store".into(),
+                time: "2.4 s".into(),
+                throughput: Some("407.57 Kelem/s".into()),
+            }]
         );
     }
 

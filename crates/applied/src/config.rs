@@ -1,6 +1,8 @@
 //! The engine's configuration: scope, batching, store, exports, shutdown,
 //! timeouts.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use slipstream_kv::{WatchCursor, WatchScope};
@@ -11,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::AppliedError;
 use crate::export::ExportRequests;
 use crate::slot::NoStore;
+use crate::source::RestoreSource;
 
 /// When a batch closes (E2). A batch also closes on shutdown, at the end of
 /// the stream, on an export request and when the watch has caught up.
@@ -46,6 +49,9 @@ pub struct Timeouts {
     ///
     /// [`AppliedWatch::run_and_close`]: crate::AppliedWatch::run_and_close
     pub close: Duration,
+    /// Each call to a [`RestoreSource`] (finding the newest artifact,
+    /// fetching it; default 10 min).
+    pub restore: Duration,
 }
 
 impl Default for Timeouts {
@@ -54,6 +60,7 @@ impl Default for Timeouts {
             watch_setup: Duration::from_secs(30),
             retention: Duration::from_secs(30),
             close: Duration::from_secs(30),
+            restore: Duration::from_secs(600),
         }
     }
 }
@@ -101,8 +108,8 @@ pub enum OnExpiry {
     #[default]
     Stop,
     /// Repair the fold with this mode (K8) and go on watching. Plans that
-    /// need a restore end the watch with
-    /// [`AppliedError::RestoreUnavailable`] for now.
+    /// need a restore take the newest artifact of
+    /// [`AppliedConfig::restore_from`]'s source.
     Repair(RepairMode),
 }
 
@@ -151,6 +158,8 @@ pub(crate) struct Settings {
     pub(crate) status_interval: Duration,
     pub(crate) on_expiry: OnExpiry,
     pub(crate) mass_delete: MassDeletePolicy,
+    pub(crate) scratch: ScratchPolicy,
+    pub(crate) restore: Option<Arc<dyn RestoreSource>>,
 }
 
 impl AppliedConfig<NoStore> {
@@ -168,6 +177,8 @@ impl AppliedConfig<NoStore> {
                 status_interval: Duration::from_secs(10),
                 on_expiry: OnExpiry::default(),
                 mass_delete: MassDeletePolicy::default(),
+                scratch: ScratchPolicy::default(),
+                restore: None,
             },
             store: NoStore,
             resume: WatchCursor::none(),
@@ -263,6 +274,44 @@ impl<S> AppliedConfig<S> {
         self.settings.mass_delete = policy;
         self
     }
+
+    /// Where restore repairs find artifacts (R3); without one, a plan that
+    /// needs a restore stops with [`AppliedError::RestoreUnavailable`].
+    #[must_use]
+    pub fn restore_from(mut self, source: impl RestoreSource) -> Self {
+        self.settings.restore = Some(Arc::new(source));
+        self
+    }
+
+    /// Where repairs put their scratch files and how much memory a relist
+    /// listing may hold before it spills (R2, R3).
+    #[must_use]
+    pub fn scratch(mut self, scratch: ScratchPolicy) -> Self {
+        self.settings.scratch = scratch;
+        self
+    }
+}
+
+/// Scratch space for repairs: a relist's sorted runs of listed keys past
+/// the memory bound (R2) and a restore's temporary fold (R3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScratchPolicy {
+    /// The directory scratch files go under (default: the system's
+    /// temporary directory), created if missing. Each repair makes its own
+    /// subdirectory there and removes it when done.
+    pub dir: PathBuf,
+    /// The bytes of listed keys a relist holds in memory before it writes
+    /// a sorted run to `dir` (default 32 MiB).
+    pub relist_memory: usize,
+}
+
+impl Default for ScratchPolicy {
+    fn default() -> Self {
+        Self {
+            dir: std::env::temp_dir(),
+            relist_memory: 32 << 20,
+        }
+    }
 }
 
 impl Settings {
@@ -280,6 +329,11 @@ impl Settings {
         if self.status_interval.is_zero() {
             return Err(AppliedError::InvalidConfig(
                 "status interval must be positive".into(),
+            ));
+        }
+        if self.scratch.relist_memory == 0 {
+            return Err(AppliedError::InvalidConfig(
+                "relist memory must be at least 1 byte".into(),
             ));
         }
         if self.retry.max_store_failures == 0 {

@@ -2,16 +2,18 @@
 
 use std::mem;
 use std::pin::Pin;
-use std::time::Instant as StdInstant;
+use std::time::{Duration, Instant as StdInstant};
 use std::vec::Drain;
 
 use futures::{FutureExt, StreamExt};
 use slipstream_kv::{
-    BucketIdentity, KvError, KvUpdate, KvWatcher, Retention, Timestamp, WatchCursor, WatchEvent,
-    WatchStart,
+    BucketIdentity, ExpiryReason, KvError, KvUpdate, KvWatcher, Retention, Timestamp, WatchCursor,
+    WatchEvent, WatchStart,
 };
-use slipstream_protocol::{is_replay, listing_is_truth, next_high_water};
+use slipstream_protocol::{is_replay, listing_is_truth, next_high_water, resume_window_ok};
+use slipstream_snapshot::SnapshotError;
 use tokio::sync::watch;
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{Instant, Sleep, sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +50,16 @@ impl<T> Pending<T> {
     }
 }
 
+/// What a commit task hands back: the store, the raw updates it was given,
+/// the cursor it committed with them, the outcome and how long it took.
+type CommitOutput<S> = (
+    S,
+    Vec<KvUpdate>,
+    WatchCursor,
+    Result<(), SnapshotError>,
+    Duration,
+);
+
 /// How one watch stream ended.
 enum StreamEnd {
     Shutdown,
@@ -57,8 +69,10 @@ enum StreamEnd {
 }
 
 /// What woke the loop.
-enum Event {
+enum Event<C> {
     Shutdown,
+    /// The commit in flight finished (or its task panicked).
+    Committed(Result<C, JoinError>),
     Export(Option<ExportRequest>),
     WindowElapsed,
     RetryCommit,
@@ -70,8 +84,15 @@ pub(crate) struct Engine<W, S, P, A, O, T> {
     pub(crate) watcher: W,
     pub(crate) config: Settings,
     exports: Option<ExportRequests>,
-    /// `None` only after a blocking store task panicked with the store.
+    /// `None` while a commit holds it (`in_flight`), or after a blocking
+    /// store task panicked with it. Only [`Engine::take_store`] takes it.
     pub(crate) store: Option<S>,
+    /// The commit running on a blocking thread while the next batch is
+    /// received and applied; at most one.
+    in_flight: Option<JoinHandle<CommitOutput<S>>>,
+    /// An emptied raw buffer handed back by the last successful commit, so
+    /// the two buffers alternate instead of being reallocated.
+    spare: Vec<KvUpdate>,
     reporter: Reporter,
     handlers: Handlers<P, A, O>,
     /// `apply` has returned for every update at or below this cursor.
@@ -81,6 +102,9 @@ pub(crate) struct Engine<W, S, P, A, O, T> {
     identity: Option<BucketIdentity>,
     /// The next watch is a state-sync (after a repair), whatever the cursor.
     pub(crate) relist_next: bool,
+    /// The next watch resumes after this position instead of the applied
+    /// cursor (R8: a gap of supersession only).
+    pub(crate) resume_at: Option<WatchCursor>,
     pending: Pending<T>,
     store_failures: u32,
     window: Pin<Box<Sleep>>,
@@ -116,12 +140,15 @@ where
             watcher,
             exports,
             store: Some(store),
+            in_flight: None,
+            spare: Vec::new(),
             reporter,
             handlers,
             applied: start.clone(),
             committed: start,
             identity: None,
             relist_next: false,
+            resume_at: None,
             pending: Pending::new(capacity),
             store_failures: 0,
             window: Box::pin(sleep(config.batch.window)),
@@ -133,6 +160,7 @@ where
     }
 
     pub(crate) fn finish(mut self, result: Result<Stopped, AppliedError>) -> Finished<S> {
+        debug_assert!(self.in_flight.is_none(), "run settles every commit");
         if result.is_err() {
             self.reporter.phase(Phase::Failed);
         }
@@ -143,22 +171,45 @@ where
         }
     }
 
+    /// Run the watch; on every exit no commit is left in flight, so the
+    /// store is back in place (or known lost).
     pub(crate) async fn run(&mut self) -> Result<Stopped, AppliedError> {
+        let result = self.watch_until_stopped().await;
+        if result.is_err()
+            && let Err(error) = self.settle().await
+        {
+            tracing::warn!(watch = %self.config.name, %error, "the last commit failed too");
+        }
+        result
+    }
+
+    async fn watch_until_stopped(&mut self) -> Result<Stopped, AppliedError> {
         self.config.validate()?;
         let shutdown = self.config.shutdown.clone();
         self.reporter.phase(Phase::Starting);
         self.reporter.applied(self.committed.revision());
+        // Not caught up yet: the start's read only seeds the status and memo.
         self.refresh_retention().await?;
+        if self.applied.revision().is_none()
+            && self.cursorless_start().await? == AfterExpiry::Shutdown
+        {
+            return self.stop(StopReason::Shutdown).await;
+        }
         let mut attempt = 0u32;
         loop {
-            let start = match self.applied.revision() {
-                Some(_) if !self.relist_next => WatchStart::After(self.applied.clone()),
+            // Report what a finished stream left committing before any
+            // backoff or repair, rather than after it.
+            self.settle().await?;
+            let start = match (&self.resume_at, self.applied.revision()) {
+                (Some(at), _) => WatchStart::After(at.clone()),
+                (None, Some(_)) if !self.relist_next => WatchStart::After(self.applied.clone()),
                 _ => WatchStart::Relist,
             };
             let stream = match self.open_watch(&shutdown, start).await? {
                 Opened::Stream(s) => {
                     attempt = 0;
                     self.relist_next = false;
+                    self.resume_at = None;
                     s
                 }
                 Opened::Shutdown => return self.stop(StopReason::Shutdown).await,
@@ -176,8 +227,11 @@ where
                     continue;
                 }
             };
-            if self.applied.identity().is_none()
-                && let Some(id) = &self.identity
+            // A cursor without a revision holds no position in any
+            // incarnation: it takes the bucket's identity as it is now.
+            if let Some(id) = &self.identity
+                && (self.applied.identity().is_none()
+                    || (self.applied.revision().is_none() && self.applied.identity() != Some(id)))
             {
                 self.applied = self.applied.clone().with_identity(id.clone());
             }
@@ -207,15 +261,31 @@ where
     /// Flush the pending batch and stop (E5). A failing final commit is
     /// retried like any other, up to the consecutive-failure limit.
     async fn stop(&mut self, reason: StopReason) -> Result<Stopped, AppliedError> {
-        self.flush().await?;
-        while !self.pending.raw.is_empty() {
-            sleep(self.config.retry.backoff(self.store_failures)).await;
-            self.flush().await?;
-        }
+        self.commit_all().await?;
         Ok(Stopped {
             cursor: self.committed.clone(),
             reason,
         })
+    }
+
+    /// Flush and wait until everything received and the applied cursor are
+    /// committed, retrying failed commits with backoff up to the
+    /// consecutive-failure limit. A repair reads the store only after this,
+    /// so a re-queued update cannot be missing from its scan.
+    pub(crate) async fn commit_all(&mut self) -> Result<(), AppliedError> {
+        self.flush().await?;
+        self.settle().await?;
+        while !self.pending.raw.is_empty() || (S::DURABLE && self.committed != self.applied) {
+            sleep(self.config.retry.backoff(self.store_failures)).await;
+            self.flush().await?;
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
+    /// The last cursor committed (with a store) and reported.
+    pub(crate) fn committed(&self) -> &WatchCursor {
+        &self.committed
     }
 
     /// Pause before retry number `attempt`; false when shutdown came first.
@@ -272,9 +342,15 @@ where
         tokio::pin!(cancelled);
         loop {
             let exports_open = self.exports.is_some();
+            let committing = self.in_flight.is_some();
             let event = tokio::select! {
                 biased;
                 () = &mut cancelled => Event::Shutdown,
+                // Settled as soon as it finishes, so `on_applied` and the
+                // status follow the commit, not the next batch.
+                joined = join_in_flight(&mut self.in_flight), if committing => {
+                    Event::Committed(joined)
+                }
                 // Ahead of the stream, so a firehose cannot starve exports.
                 r = recv_export(&mut self.exports), if exports_open => Event::Export(r),
                 () = &mut self.window, if self.window_armed => Event::WindowElapsed,
@@ -284,12 +360,19 @@ where
             };
             match event {
                 Event::Shutdown => return Ok(StreamEnd::Shutdown),
+                Event::Committed(joined) => {
+                    self.in_flight = None;
+                    self.settled(joined)?;
+                }
                 Event::Export(None) => self.exports = None,
                 Event::Export(Some(request)) => self.serve_export(request).await?,
                 Event::WindowElapsed | Event::RetryCommit => self.flush().await?,
                 Event::RefreshStatus => {
-                    self.refresh_retention().await?;
+                    let overrun = self.refresh_retention().await?;
                     refresh.as_mut().reset(Instant::now() + every);
+                    if let Some(reason) = overrun {
+                        return Ok(StreamEnd::Expired(reason));
+                    }
                 }
                 Event::Item(item) => {
                     if let Some(end) = self.on_item(item).await? {
@@ -323,6 +406,8 @@ where
             Some(Err(e)) => Ok(Some(StreamEnd::Failed(e))),
             Some(Ok(WatchEvent::CaughtUp)) => {
                 self.flush().await?;
+                // `Ready` comes with the caught-up cursor committed.
+                self.settle().await?;
                 self.reporter.phase(Phase::Ready);
                 Ok(None)
             }
@@ -333,6 +418,20 @@ where
                 Ok(None)
             }
         }
+    }
+
+    /// Take a repair's synthetic update (a restored put or a delete) into
+    /// the open batch: no replay filter and no cursor movement, because a
+    /// repair's updates are not deliveries; true when the batch is full.
+    pub(crate) fn receive_repair(&mut self, update: KvUpdate) -> bool {
+        self.pending.count += 1;
+        if let Some(item) = (self.handlers.parse)(&update) {
+            self.pending.parsed.push(item);
+        }
+        if S::DURABLE {
+            self.pending.raw.push(update);
+        }
+        self.pending.count >= self.config.batch.max
     }
 
     /// Take one delivery into the open batch; true when the batch is full.
@@ -364,13 +463,22 @@ where
         self.pending.count >= self.config.batch.max
     }
 
-    /// Close the open batch: apply, move the cursor, commit, report (E3).
+    /// Close the open batch: apply, move the cursor, start its commit (E3).
+    /// The commit runs while the next batch is received; it is reported
+    /// when it finishes. Without a store the cursor is reported here.
     pub(crate) async fn flush(&mut self) -> Result<(), AppliedError> {
         let size = mem::take(&mut self.pending.count);
         self.window_armed = false;
         if size == 0 && self.pending.raw.is_empty() {
-            self.retry_armed = false;
-            return Ok(());
+            if S::DURABLE {
+                self.settle().await?;
+            }
+            if self.committed == self.applied {
+                self.retry_armed = false;
+                return Ok(());
+            }
+            // A commit of the cursor alone (a repair's final cursor, the
+            // eviction memo) failed: it is retried like any other.
         }
         if !self.pending.parsed.is_empty() {
             (self.handlers.apply)(self.pending.parsed.drain(..));
@@ -389,32 +497,57 @@ where
         if S::DURABLE {
             self.commit().await
         } else {
-            self.report();
+            self.report(self.applied.clone());
             Ok(())
         }
     }
 
-    fn report(&mut self) {
-        self.committed = self.applied.clone();
-        self.reporter.applied(self.committed.revision());
-        (self.handlers.on_applied)(&self.committed);
+    /// `cursor` is committed (or, without a store, applied): publish it.
+    fn report(&mut self, cursor: WatchCursor) {
+        self.reporter.applied(cursor.revision());
+        (self.handlers.on_applied)(&cursor);
+        self.committed = cursor;
     }
 
-    /// Commit the raw updates (re-queued ones first) and the applied cursor
-    /// atomically on a blocking thread (E3, E4).
+    /// Start committing the raw updates (re-queued ones first) and the
+    /// applied cursor atomically on a blocking thread, after the previous
+    /// commit settled (E3, E4).
     async fn commit(&mut self) -> Result<(), AppliedError> {
-        let mut store = self.store.take().ok_or(AppliedError::StorePanicked {
-            operation: "commit",
-        })?;
-        let raw = mem::take(&mut self.pending.raw);
+        let mut store = self.take_store("commit").await?;
+        // Taken after the previous commit settled: a failed one is already
+        // back in front of the newer updates, so this commit is cumulative.
+        let mut raw = mem::replace(&mut self.pending.raw, mem::take(&mut self.spare));
         let cursor = self.applied.clone();
-        let started = StdInstant::now();
-        let joined = tokio::task::spawn_blocking(move || {
+        self.retry_armed = false;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let started = StdInstant::now();
             let result = store.commit(&raw, &cursor);
-            (store, raw, cursor, result)
-        })
-        .await;
-        let Ok((store, mut raw, cursor, result)) = joined else {
+            let took = started.elapsed();
+            if result.is_ok() {
+                // Freeing a committed batch is work the engine's thread
+                // need not do.
+                raw.clear();
+            }
+            (store, raw, cursor, result, took)
+        }));
+        Ok(())
+    }
+
+    /// Wait for the commit in flight, if any, and take its outcome.
+    async fn settle(&mut self) -> Result<(), AppliedError> {
+        let Some(task) = self.in_flight.as_mut() else {
+            return Ok(());
+        };
+        let joined = task.await;
+        self.in_flight = None;
+        self.settled(joined)
+    }
+
+    /// Take a finished commit's outcome: put the store back, then report
+    /// its cursor, or re-queue its updates in front of those received while
+    /// it ran (E4).
+    fn settled(&mut self, joined: Result<CommitOutput<S>, JoinError>) -> Result<(), AppliedError> {
+        let Ok((store, mut raw, cursor, result, took)) = joined else {
             return Err(AppliedError::StorePanicked {
                 operation: "commit",
             });
@@ -422,13 +555,11 @@ where
         self.store = Some(store);
         match result {
             Ok(()) => {
-                self.reporter.commit_took(started.elapsed());
-                raw.clear();
-                self.pending.raw = raw;
+                self.reporter.commit_took(took);
+                debug_assert!(raw.is_empty(), "the commit task empties it");
+                self.spare = raw;
                 self.store_failures = 0;
-                self.retry_armed = false;
-                debug_assert!(cursor == self.applied);
-                self.report();
+                self.report(cursor);
                 Ok(())
             }
             Err(error) => {
@@ -447,7 +578,7 @@ where
                     queued = raw.len(),
                     "store commit failed; re-queued in front of newer updates",
                 );
-                // Nothing arrived while the commit ran: `raw` goes back whole.
+                raw.append(&mut self.pending.raw);
                 self.pending.raw = raw;
                 let pause = self.config.retry.backoff(self.store_failures);
                 self.retry.as_mut().reset(Instant::now() + pause);
@@ -466,9 +597,7 @@ where
             return Ok(());
         }
         self.flush().await?;
-        let mut store = self.store.take().ok_or(AppliedError::StorePanicked {
-            operation: "export",
-        })?;
+        let mut store = self.take_store("export").await?;
         let scope = self.config.scope.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let result = store.export(&dest, &scope);
@@ -496,13 +625,30 @@ where
     /// Re-read the bucket's retention for the status' lag, the cursor's
     /// bucket identity and its eviction memo (R5). A failed read only
     /// leaves the status stale; only a failing memo commit is an error.
-    async fn refresh_retention(&mut self) -> Result<(), AppliedError> {
+    ///
+    /// On a caught-up All-scope watch this is also K1 against the frontier:
+    /// the backend's floor guard (K4) only looks when a delivery arrives,
+    /// so head eviction that passes an idle or caught-up state-sync watch
+    /// would otherwise go unnoticed. Returns the overrun, if any.
+    async fn refresh_retention(&mut self) -> Result<Option<ExpiryReason>, AppliedError> {
         let bound = self.config.timeouts.retention;
         match tokio::time::timeout(bound, self.watcher.retention()).await {
             Ok(Ok(retention)) => {
                 self.reporter.stream_last(retention.last_revision);
                 self.note_eviction(&retention).await?;
                 self.identity = Some(retention.identity);
+                let frontier =
+                    next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r));
+                if let Some(frontier) = frontier
+                    && self.config.scope.is_all()
+                    && self.reporter.is_ready()
+                    && !resume_window_ok(frontier, retention.first_revision)
+                {
+                    return Ok(Some(ExpiryReason::FloorOverrun {
+                        frontier,
+                        first_sequence: retention.first_revision,
+                    }));
+                }
             }
             Ok(Err(error)) => {
                 tracing::debug!(watch = %self.config.name, %error, "retention read failed");
@@ -511,7 +657,7 @@ where
                 tracing::debug!(watch = %self.config.name, ?bound, "retention read timed out")
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// R5: the first time retention is seen to have evicted current values
@@ -543,9 +689,20 @@ where
         if S::DURABLE {
             self.commit().await
         } else {
-            self.report();
+            self.report(self.applied.clone());
             Ok(())
         }
+    }
+
+    /// Take the store out for a blocking task; every such task puts it
+    /// back. A commit in flight is settled first, so its failure counts
+    /// (and re-queues) as in [`Engine::flush`]; the error is a panicked
+    /// task that took the store with it, or too many failed commits.
+    pub(crate) async fn take_store(&mut self, operation: &'static str) -> Result<S, AppliedError> {
+        self.settle().await?;
+        self.store
+            .take()
+            .ok_or(AppliedError::StorePanicked { operation })
     }
 
     pub(crate) fn reporter(&self) -> &Reporter {
@@ -559,6 +716,15 @@ pub(crate) enum Opened<St> {
     Shutdown,
     Expired(slipstream_kv::ExpiryReason),
     Failed(KvError),
+}
+
+/// The commit in flight's outcome; pending forever when there is none (its
+/// select arm is disabled then).
+async fn join_in_flight<C>(in_flight: &mut Option<JoinHandle<C>>) -> Result<C, JoinError> {
+    match in_flight {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_export(exports: &mut Option<ExportRequests>) -> Option<ExportRequest> {

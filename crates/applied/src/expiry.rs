@@ -11,11 +11,14 @@
 //! are folded as normal updates: every re-list put lands after every
 //! delete.
 //!
-//! Memory: this relist holds the listed keys in memory (one `String` per
-//! live key in scope) plus the keys to delete; the external sort that
-//! bounds it is not built yet.
+//! Memory: the listing goes through an external sort (`spill`): past
+//! `ScratchPolicy::relist_memory` bytes it is written as sorted runs to the
+//! repair's own subdirectory of `ScratchPolicy::dir`, removed afterwards.
+//! The fold's key-ordered scan is merge-joined with the merged runs on a
+//! blocking thread, so memory holds the bounded buffer plus only the keys
+//! to delete. Failing to write or read back a run fails the repair (R4).
 
-use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::vec::Drain;
 
 use futures::StreamExt;
@@ -23,13 +26,15 @@ use slipstream_kv::{
     ExpiryReason, KvError, KvUpdate, KvWatcher, Retention, WatchCursor, WatchEvent, WatchStart,
 };
 use slipstream_protocol::{
-    MassDeleteVerdict, RepairPlan, listing_is_truth, mass_delete_guard, plan_repair,
+    MassDeleteVerdict, RepairMode, RepairPlan, cursorless_start_needs_repair,
+    gap_holds_no_eviction, listing_is_truth, mass_delete_guard, plan_repair,
 };
 
 use crate::config::{MassDeletePolicy, OnExpiry};
 use crate::engine::{Engine, Opened};
-use crate::error::AppliedError;
+use crate::error::{AppliedError, RepairCause};
 use crate::slot::StoreSlot;
+use crate::spill::KeySorter;
 use crate::status::Phase;
 
 /// What the engine does after an expiry was handled.
@@ -63,23 +68,71 @@ where
             tracing::error!(%reason, cursor = ?self.applied, "cursor expired");
             return Err(AppliedError::CursorExpired {
                 reason,
-                cursor: self.applied.clone(),
+                cursor: self.committed().clone(),
             });
         };
-        if matches!(
-            reason,
-            ExpiryReason::BeyondLastSequence { .. } | ExpiryReason::IdentityChanged { .. }
-        ) {
-            // A new incarnation's revisions restart below the cursor: a
-            // state-sync would drop them all as replays.
-            self.reporter().repair("bucket_replaced");
-            return Err(AppliedError::BucketReplaced {
-                reason,
-                cursor: self.applied.clone(),
-            });
-        }
         self.reporter().phase(Phase::Repairing);
         let retention = self.read_retention().await?;
+        if matches!(
+            reason,
+            ExpiryReason::BelowFirstSequence { .. } | ExpiryReason::FloorOverrun { .. }
+        ) {
+            let age = self
+                .applied
+                .message_time()
+                .map(|t| t.age_at(retention.observed_at));
+            if gap_holds_no_eviction(age, retention.max_age, retention.age_is_only_eviction) {
+                // R8: nothing the fold lacks can have aged out, so the gap
+                // holds only superseded revisions.
+                self.note_eviction(&retention).await?;
+                let from = retention.first_revision.saturating_sub(1);
+                tracing::info!(
+                    watch = %self.config.name,
+                    %reason,
+                    from,
+                    "cursor expired by supersession only; resuming at the first retained sequence",
+                );
+                self.reporter().repair("supersession");
+                self.resume_at = Some(self.applied.advanced(from, None));
+                return Ok(AfterExpiry::Rewatch);
+            }
+        }
+        self.plan_and_repair(mode, RepairCause::Expired(reason), &retention)
+            .await
+    }
+
+    /// R6: a start without a cursor asks K9 whether to repair before
+    /// watching; `Rewatch` means "go on and watch".
+    pub(crate) async fn cursorless_start(&mut self) -> Result<AfterExpiry, AppliedError> {
+        let OnExpiry::Repair(mode) = self.config.on_expiry else {
+            return Ok(AfterExpiry::Rewatch);
+        };
+        let retention = self.read_retention().await?;
+        let truth = listing_is_truth(
+            retention.evicts_current_values,
+            retention.first_revision,
+            self.applied.seen_evicting(),
+        );
+        let has_data = self.fold_has_data().await?;
+        if !cursorless_start_needs_repair(mode, has_data, Some(truth)) {
+            return Ok(AfterExpiry::Rewatch);
+        }
+        self.reporter().phase(Phase::Repairing);
+        self.plan_and_repair(mode, RepairCause::CursorlessStart, &retention)
+            .await
+    }
+
+    /// Plan with K8 from the retention read for this repair and the
+    /// cursor's memo (K7), then carry the plan out.
+    async fn plan_and_repair(
+        &mut self,
+        mode: RepairMode,
+        cause: RepairCause,
+        retention: &Retention,
+    ) -> Result<AfterExpiry, AppliedError> {
+        // A failed commit's updates wait in memory: the repair compares the
+        // bucket with the store, so they must be in it first.
+        self.commit_all().await?;
         // K7 with the memo as it was before this read: the memo records
         // eviction seen earlier, retention covers what is visible now.
         let truth = listing_is_truth(
@@ -87,15 +140,16 @@ where
             retention.first_revision,
             self.applied.seen_evicting(),
         );
-        self.note_eviction(&retention).await?;
+        self.note_eviction(retention).await?;
         let plan = plan_repair(mode, Some(truth));
         tracing::warn!(
             watch = %self.config.name,
-            %reason,
+            %cause,
             cursor = ?self.applied.revision(),
             ?plan,
-            "cursor expired; repairing",
+            "repairing the fold",
         );
+        let replaced = cause.replaces_bucket();
         match plan {
             RepairPlan::RelistOnly => {
                 tracing::warn!(
@@ -103,25 +157,68 @@ where
                     "repair mode None: re-listing without deletes; keys deleted in the gap may persist",
                 );
                 self.reporter().repair("relist_only");
+                if replaced {
+                    self.restart_cursor(retention).await?;
+                }
                 self.relist_next = true;
                 Ok(AfterExpiry::Rewatch)
             }
             RepairPlan::RefuseRelist => {
                 self.reporter().repair("refused");
                 Err(AppliedError::RelistRefused {
-                    reason,
-                    cursor: self.applied.clone(),
+                    reason: cause,
+                    cursor: self.committed().clone(),
                 })
             }
-            RepairPlan::Restore => {
-                self.reporter().repair("restore_unavailable");
-                Err(AppliedError::RestoreUnavailable {
-                    reason,
-                    cursor: self.applied.clone(),
-                })
+            RepairPlan::Restore => self.restore(cause, retention).await,
+            RepairPlan::Relist => {
+                let after = self.relist(cause).await?;
+                if after == AfterExpiry::Rewatch && replaced {
+                    self.restart_cursor(retention).await?;
+                }
+                Ok(after)
             }
-            RepairPlan::Relist => self.relist(reason).await,
         }
+    }
+
+    /// R7: a recreated bucket's revisions restart, so the old cursor means
+    /// nothing there. Start over from no position in the new incarnation,
+    /// keeping the eviction memo (R5 never forgets).
+    async fn restart_cursor(&mut self, retention: &Retention) -> Result<(), AppliedError> {
+        let mut fresh = WatchCursor::none().with_identity(retention.identity.clone());
+        if self.applied.seen_evicting() {
+            fresh = fresh.with_seen_evicting();
+        }
+        self.applied = fresh;
+        self.commit_all().await
+    }
+
+    /// Whether the fold holds any key in scope.
+    async fn fold_has_data(&mut self) -> Result<bool, AppliedError> {
+        if !S::DURABLE {
+            return Ok(false);
+        }
+        let store = self.take_store("repair scan").await?;
+        let scope = self.config.scope.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut any = false;
+            let scanned = store.for_each_entry(&scope, &mut |_, _| {
+                any = true;
+                ControlFlow::Break(())
+            });
+            (store, scanned.map(|()| any))
+        })
+        .await;
+        let Ok((store, scanned)) = joined else {
+            return Err(AppliedError::StorePanicked {
+                operation: "repair scan",
+            });
+        };
+        self.store = Some(store);
+        scanned.map_err(|source| AppliedError::Store {
+            operation: "repair scan",
+            source,
+        })
     }
 
     /// Retention as the server reports it now; failing to read it fails
@@ -146,7 +243,7 @@ where
 
     /// R2: delete every in-scope fold key the bucket no longer lists, then
     /// arm a state-sync re-watch.
-    async fn relist(&mut self, reason: ExpiryReason) -> Result<AfterExpiry, AppliedError> {
+    async fn relist(&mut self, reason: RepairCause) -> Result<AfterExpiry, AppliedError> {
         if !S::DURABLE {
             return Err(AppliedError::RepairNeedsStore { reason });
         }
@@ -168,7 +265,7 @@ where
             return Err(AppliedError::MassDeleteHeld {
                 deletions,
                 fold_len,
-                cursor: self.applied.clone(),
+                cursor: self.committed().clone(),
             });
         }
         tracing::info!(watch = %self.config.name, deletions, fold_len, "relist: deleting vanished keys");
@@ -185,13 +282,17 @@ where
     }
 
     /// The keys the bucket lists live in scope now, from a state-sync watch
-    /// read up to its `CaughtUp`; `None` when shutdown came first.
-    async fn list_live_keys(&mut self) -> Result<Option<BTreeSet<String>>, AppliedError> {
+    /// read up to its `CaughtUp`, sorted externally in the repair's scratch
+    /// directory; `None` when shutdown came first.
+    async fn list_live_keys(&mut self) -> Result<Option<KeySorter>, AppliedError> {
         let shutdown = self.config.shutdown.clone();
         let failed = |source| AppliedError::RepairFailed {
             stage: "listing",
             source,
         };
+        // Before the watch opens: an unusable scratch directory fails the
+        // repair whatever the listing's size.
+        let mut listed = KeySorter::new(&self.config.scratch)?;
         let mut stream = match self.open_watch(&shutdown, WatchStart::Relist).await {
             Ok(Opened::Stream(s)) => s,
             Ok(Opened::Shutdown) => return Ok(None),
@@ -200,7 +301,6 @@ where
             Err(other) => return Err(other),
         };
         let bound = self.config.timeouts.watch_setup;
-        let mut listed = BTreeSet::new();
         loop {
             let next = tokio::time::timeout(bound, stream.next());
             let item = tokio::select! {
@@ -208,7 +308,7 @@ where
                 () = shutdown.cancelled() => return Ok(None),
                 r = next => r,
             };
-            match item {
+            let update = match item {
                 Err(_) => {
                     return Err(failed(KvError::Timeout {
                         operation: "listing".into(),
@@ -216,43 +316,76 @@ where
                     }));
                 }
                 Ok(Some(Ok(WatchEvent::CaughtUp))) => return Ok(Some(listed)),
-                // Any put, even an empty value, is an entry the fold keeps.
-                Ok(Some(Ok(WatchEvent::Update(KvUpdate::Put(entry))))) => {
-                    listed.insert(entry.key);
-                }
-                Ok(Some(Ok(WatchEvent::Update(marker)))) => {
-                    listed.remove(marker.key());
-                }
+                Ok(Some(Ok(WatchEvent::Update(update)))) => update,
                 Ok(Some(Err(e))) => return Err(failed(e)),
                 Ok(None) => {
                     return Err(failed(KvError::Watch(
                         "the listing ended before it caught up".into(),
                     )));
                 }
+            };
+            // Writes during the listing can deliver a key twice; the sorter
+            // keeps the highest revision. Any put, even an empty value, is
+            // an entry the fold keeps.
+            let revision = update.revision();
+            let (key, live) = match update {
+                KvUpdate::Put(entry) => (entry.key, true),
+                KvUpdate::Delete(marker) | KvUpdate::Purge(marker) => (marker.key, false),
+            };
+            if let Some(run) = listed.push(key, revision, live) {
+                let path = run.path().to_owned();
+                let written = tokio::task::spawn_blocking(move || run.write()).await;
+                written.map_err(|_| AppliedError::RepairScratchIo {
+                    operation: "writing a run",
+                    path,
+                    source: std::io::Error::other("the writing task panicked"),
+                })??;
             }
         }
     }
 
-    /// Scan the fold's in-scope keys in key order against `listed`: the
-    /// in-scope fold size and the keys that vanished from the bucket.
+    /// Merge-join the fold's in-scope keys (key order) with the sorted
+    /// listing on a blocking thread: the in-scope fold size and the keys
+    /// that vanished from the bucket. Only those keys are held in memory.
     async fn vanished_keys(
         &mut self,
-        listed: BTreeSet<String>,
+        listed: KeySorter,
     ) -> Result<(u64, Vec<String>), AppliedError> {
-        let store = self.store.take().ok_or(AppliedError::StorePanicked {
-            operation: "repair scan",
-        })?;
+        let store = self.take_store("repair scan").await?;
         let scope = self.config.scope.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let mut fold_len = 0u64;
-            let mut vanished = Vec::new();
-            let scanned = store.for_each_key(&scope, &mut |key| {
-                fold_len += 1;
-                if !listed.contains(key) {
-                    vanished.push(key.to_owned());
+            let scan = |store: &S| {
+                let mut listing = listed.finish()?;
+                let mut fold_len = 0u64;
+                let mut vanished = Vec::new();
+                let mut failed = None;
+                let scanned = store.for_each_key(&scope, &mut |key| {
+                    fold_len += 1;
+                    if failed.is_some() {
+                        return;
+                    }
+                    match listing.contains(key) {
+                        Ok(true) => {}
+                        Ok(false) => vanished.push(key.to_owned()),
+                        Err(e) => failed = Some(e),
+                    }
+                });
+                if let Some(e) = failed {
+                    return Err(e);
                 }
-            });
-            (store, scanned.map(|()| (fold_len, vanished)))
+                scanned.map_err(|source| AppliedError::Store {
+                    operation: "repair scan",
+                    source,
+                })?;
+                // Read the rest too: a damaged run fails the repair even
+                // past the fold's last key.
+                for key in listing {
+                    key?;
+                }
+                Ok((fold_len, vanished))
+            };
+            let result = scan(&store);
+            (store, result)
         })
         .await;
         let Ok((store, scanned)) = joined else {
@@ -261,9 +394,6 @@ where
             });
         };
         self.store = Some(store);
-        scanned.map_err(|source| AppliedError::Store {
-            operation: "repair scan",
-            source,
-        })
+        scanned
     }
 }

@@ -76,14 +76,20 @@ mod error;
 mod expiry;
 mod export;
 mod handlers;
+mod restore;
 mod slot;
+mod source;
+mod spill;
 mod status;
 
 pub use applied::{AppliedWatch, Finished, StopReason, Stopped};
-pub use config::{AppliedConfig, BatchPolicy, MassDeletePolicy, OnExpiry, RetryPolicy, Timeouts};
-pub use error::AppliedError;
+pub use config::{
+    AppliedConfig, BatchPolicy, MassDeletePolicy, OnExpiry, RetryPolicy, ScratchPolicy, Timeouts,
+};
+pub use error::{AppliedError, RepairCause, RestoreRefusal};
 pub use export::{ExportRequest, ExportRequests, Exporter, export_channel};
 pub use handlers::{Handlers, IgnoreApplied, handlers};
 pub use slipstream_protocol::{MassDeleteLimit, RepairMode};
 pub use slot::{NoStore, StoreSlot};
+pub use source::{LocalArtifacts, RestoreSource, SourceError};
 pub use status::{Phase, StatusReceiver, WatchStatus};

@@ -5,13 +5,19 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use slipstream_kv::{KvUpdate, WatchCursor, WatchScope};
-use slipstream_snapshot::{ArtifactManifest, SnapshotError, SnapshotStore};
+use slipstream_snapshot::{
+    ArtifactManifest, BackendId, EntryRef, SnapshotError, SnapshotStore, StoredEntry, import,
+};
 
 /// The place an applied watch commits to: every [`SnapshotStore`], or
 /// [`NoStore`]. Every method blocks and is called off the async runtime.
 pub trait StoreSlot: Send + 'static {
     /// Whether commits go anywhere (false for [`NoStore`]).
     const DURABLE: bool;
+
+    /// The backend whose artifacts this slot imports; `None` without a
+    /// store.
+    const BACKEND: Option<BackendId>;
 
     /// The cursor to resume from; `None` when the slot holds no store.
     fn stored_cursor(&self) -> Option<&WatchCursor>;
@@ -33,6 +39,34 @@ pub trait StoreSlot: Send + 'static {
         f: &mut dyn FnMut(&str),
     ) -> Result<(), SnapshotError>;
 
+    /// Call `f` for every entry of the fold inside `scope`, in ascending
+    /// key order, until it breaks.
+    ///
+    /// # Errors
+    /// The store's read error.
+    fn for_each_entry(
+        &self,
+        scope: &WatchScope,
+        f: &mut dyn FnMut(&str, EntryRef<'_>) -> ControlFlow<()>,
+    ) -> Result<(), SnapshotError>;
+
+    /// The fold's entry for `key`.
+    ///
+    /// # Errors
+    /// The store's read error.
+    fn get_entry(&self, key: &str) -> Result<Option<StoredEntry>, SnapshotError>;
+
+    /// Import the artifact at `artifact` into `dir` (a scratch directory)
+    /// and open it as a fold of the same backend, with default options
+    /// (R3's temporary fold).
+    ///
+    /// # Errors
+    /// The artifact is invalid, hostile or of another backend, or the
+    /// store cannot be opened.
+    fn import_scratch(artifact: &Path, dir: &Path) -> Result<(WatchCursor, Self), SnapshotError>
+    where
+        Self: Sized;
+
     /// Export the last commit to `dest`; `None` when there is no store.
     fn export(
         &mut self,
@@ -49,6 +83,7 @@ pub trait StoreSlot: Send + 'static {
 
 impl<S: SnapshotStore> StoreSlot for S {
     const DURABLE: bool = true;
+    const BACKEND: Option<BackendId> = Some(<S as SnapshotStore>::BACKEND);
 
     fn stored_cursor(&self) -> Option<&WatchCursor> {
         Some(self.cursor())
@@ -72,6 +107,35 @@ impl<S: SnapshotStore> StoreSlot for S {
         Ok(())
     }
 
+    fn for_each_entry(
+        &self,
+        scope: &WatchScope,
+        f: &mut dyn FnMut(&str, EntryRef<'_>) -> ControlFlow<()>,
+    ) -> Result<(), SnapshotError> {
+        let mut stopped = false;
+        for prefix in disjoint_prefixes(scope) {
+            self.for_each_in_range(prefix, &mut |key, entry| {
+                let flow = f(key, entry);
+                stopped = flow.is_break();
+                flow
+            })?;
+            if stopped {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn get_entry(&self, key: &str) -> Result<Option<StoredEntry>, SnapshotError> {
+        self.get(key)
+    }
+
+    fn import_scratch(artifact: &Path, dir: &Path) -> Result<(WatchCursor, Self), SnapshotError> {
+        let options = S::Options::default();
+        import::<S>(artifact, dir, &options)?;
+        S::open(dir, &options)
+    }
+
     fn export(
         &mut self,
         dest: &Path,
@@ -92,6 +156,7 @@ pub struct NoStore;
 
 impl StoreSlot for NoStore {
     const DURABLE: bool = false;
+    const BACKEND: Option<BackendId> = None;
 
     fn stored_cursor(&self) -> Option<&WatchCursor> {
         None
@@ -103,6 +168,23 @@ impl StoreSlot for NoStore {
 
     fn for_each_key(&self, _: &WatchScope, _: &mut dyn FnMut(&str)) -> Result<(), SnapshotError> {
         Ok(())
+    }
+
+    fn for_each_entry(
+        &self,
+        _: &WatchScope,
+        _: &mut dyn FnMut(&str, EntryRef<'_>) -> ControlFlow<()>,
+    ) -> Result<(), SnapshotError> {
+        Ok(())
+    }
+
+    fn get_entry(&self, _: &str) -> Result<Option<StoredEntry>, SnapshotError> {
+        Ok(None)
+    }
+
+    /// Never called: repairs that need a store refuse before importing.
+    fn import_scratch(_: &Path, _: &Path) -> Result<(WatchCursor, Self), SnapshotError> {
+        Ok((WatchCursor::none(), Self))
     }
 
     fn export(

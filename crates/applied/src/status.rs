@@ -90,6 +90,11 @@ impl Reporter {
         }
     }
 
+    /// Whether the published phase is `Ready`.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.tx.borrow().is_ready()
+    }
+
     pub(crate) fn phase(&self, phase: Phase) {
         self.tx.send_if_modified(|s| {
             let changed = s.phase != phase;

@@ -16,11 +16,11 @@ use bytes::Bytes;
 use common::{App, DEADLINE, FaultPlan, FaultStore, fold_of, open_store};
 use slipstream_applied::{
     AppliedConfig, AppliedError, AppliedWatch, Finished, MassDeletePolicy, OnExpiry, Phase,
-    RepairMode, StatusReceiver, WatchStatus,
+    RepairCause, RepairMode, ScratchPolicy, StatusReceiver, WatchStatus,
 };
 use slipstream_kv::{
     Connection, ExpiryReason, KvError, KvReader, KvStore, KvWatcher, KvWriter, Retention,
-    StoreConfig, WatchScope, WatchStart,
+    StoreConfig, WatchEvent, WatchScope, WatchStart,
 };
 use slipstream_memory::{ManualClock, MemoryServer, MemoryStore, MemoryWatch};
 use slipstream_snapshot::SnapshotStore;
@@ -223,7 +223,7 @@ async fn relist_is_refused_on_a_bucket_where_a_key_aged_out_and_the_fold_is_unch
     let finished = run.task.await.unwrap();
     match &finished.result {
         Err(AppliedError::RelistRefused {
-            reason: ExpiryReason::BelowFirstSequence { revision: 2, .. },
+            reason: RepairCause::Expired(ExpiryReason::BelowFirstSequence { revision: 2, .. }),
             cursor,
         }) => assert_eq!(cursor.revision(), Some(2)),
         other => panic!("expected RelistRefused, got {other:?}"),
@@ -494,7 +494,7 @@ async fn a_relist_without_a_store_stops_with_repair_needs_store() {
         matches!(
             finished.result,
             Err(AppliedError::RepairNeedsStore {
-                reason: ExpiryReason::BelowFirstSequence { revision: 4, .. }
+                reason: RepairCause::Expired(ExpiryReason::BelowFirstSequence { revision: 4, .. })
             })
         ),
         "{:?}",
@@ -529,4 +529,185 @@ async fn a_failing_listing_or_retention_read_stops_the_repair_with_the_fold_unch
         assert_eq!(fold_of(&store), before, "the fold stays as committed");
         assert_eq!(store.cursor().revision(), Some(4));
     }
+}
+
+/// Every file under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// A watcher that looks into the scratch directory: how many run files
+/// it holds when the listing (the first state-sync) reaches `CaughtUp`,
+/// and whether it is empty when the re-list (the second) opens.
+struct ScratchProbe {
+    inner: MemoryStore,
+    scratch: std::path::PathBuf,
+    relists: AtomicUsize,
+    runs_at_caught_up: Arc<Mutex<Option<usize>>>,
+    empty_at_relist: Arc<Mutex<Option<bool>>>,
+}
+
+impl KvWatcher for ScratchProbe {
+    type WatchStream = futures::stream::BoxStream<'static, Result<WatchEvent, KvError>>;
+
+    async fn watch(
+        &self,
+        scope: &WatchScope,
+        start: WatchStart,
+    ) -> Result<Self::WatchStream, KvError> {
+        use futures::StreamExt;
+        let stream = self.inner.watch(scope, start.clone()).await?;
+        if start != WatchStart::Relist {
+            return Ok(stream.boxed());
+        }
+        match self.relists.fetch_add(1, Ordering::SeqCst) {
+            0 => {
+                let (scratch, runs) = (self.scratch.clone(), Arc::clone(&self.runs_at_caught_up));
+                Ok(stream
+                    .inspect(move |item| {
+                        if matches!(item, Ok(WatchEvent::CaughtUp)) {
+                            *runs.lock().unwrap() = Some(files_under(&scratch).len());
+                        }
+                    })
+                    .boxed())
+            }
+            1 => {
+                *self.empty_at_relist.lock().unwrap() =
+                    Some(std::fs::read_dir(&self.scratch).unwrap().next().is_none());
+                Ok(stream.boxed())
+            }
+            _ => Ok(stream.boxed()),
+        }
+    }
+
+    async fn retention(&self) -> Result<Retention, KvError> {
+        self.inner.retention().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relist_spilling_to_scratch_deletes_exactly_the_vanished_keys_and_cleans_up() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let app = App::new();
+    for i in 0..300 {
+        put(&kv, &format!("k.{i:03}"), "v1").await;
+    }
+    let store = synced_store(&kv, dir.path(), &app).await;
+    let synced = store.cursor().revision().unwrap();
+    // Offline: every key is rewritten (so the head can pass the cursor
+    // dropping only superseded messages), every tenth key is then deleted
+    // and its subject purged, some keys are rewritten twice more, new keys
+    // appear, and the head passes the cursor.
+    for i in 0..300 {
+        put(&kv, &format!("k.{i:03}"), "v2").await;
+    }
+    let mut vanished = Vec::new();
+    for i in (0..300).step_by(10) {
+        let key = format!("k.{i:03}");
+        kv.writer().delete(&key).await.unwrap();
+        server.bucket("cfg").purge_subject(&key).unwrap();
+        vanished.push(key);
+    }
+    for i in (5..300).step_by(20) {
+        put(&kv, &format!("k.{i:03}"), "v3").await;
+        put(&kv, &format!("k.{i:03}"), "v4").await;
+    }
+    let mut last = 0;
+    for i in 300..320 {
+        last = put(&kv, &format!("k.{i:03}"), "v1").await;
+    }
+    server.bucket("cfg").purge_below(synced + 2).unwrap();
+    assert_eq!(
+        truth(&kv).await.len(),
+        290,
+        "only the vanished keys left the bucket"
+    );
+    let before = fold_of(&store);
+
+    let probe = ScratchProbe {
+        inner: kv.clone(),
+        scratch: scratch.path().to_owned(),
+        relists: AtomicUsize::new(0),
+        runs_at_caught_up: Arc::default(),
+        empty_at_relist: Arc::default(),
+    };
+    let (runs, empty) = (
+        Arc::clone(&probe.runs_at_caught_up),
+        Arc::clone(&probe.empty_at_relist),
+    );
+    let scratch_policy = ScratchPolicy {
+        dir: scratch.path().to_owned(),
+        relist_memory: 256,
+    };
+    let run = start(probe, store, &app, |c| {
+        repair(RepairMode::Relist)(c).scratch(scratch_policy)
+    });
+    let store = run_to(run, last).await;
+
+    let runs = runs.lock().unwrap().expect("the listing caught up");
+    assert!(runs > 16, "the listing spilled to many runs, got {runs}");
+    assert_eq!(
+        *empty.lock().unwrap(),
+        Some(true),
+        "the scratch subdirectory is gone before the re-list opens"
+    );
+    assert!(files_under(scratch.path()).is_empty());
+    let fold = fold_of(&store);
+    let removed: Vec<&String> = before.keys().filter(|k| !fold.contains_key(*k)).collect();
+    assert_eq!(
+        removed,
+        vanished.iter().collect::<Vec<_>>(),
+        "exactly the vanished keys went"
+    );
+    assert_eq!(fold, truth(&kv).await, "the fold equals the bucket");
+    assert_eq!(app.seen().fold, fold);
+    assert!(
+        app.seen().violations.is_empty(),
+        "{:?}",
+        app.seen().violations
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unusable_scratch_dir_fails_the_relist_with_its_path_and_leaves_the_fold() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, _) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let before = fold_of(&store);
+    // A regular file where the scratch directory should be: nothing can be
+    // created under it, even as root.
+    let not_a_dir = dir.path().join("scratch-is-a-file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let scratch_policy = ScratchPolicy {
+        dir: not_a_dir.clone(),
+        relist_memory: 1,
+    };
+    let run = start(kv.watcher(), store, &app, |c| {
+        repair(RepairMode::Relist)(c).scratch(scratch_policy)
+    });
+    let finished = run.task.await.unwrap();
+    match &finished.result {
+        Err(AppliedError::RepairScratchIo { path, .. }) => assert!(path.starts_with(&not_a_dir)),
+        other => panic!("expected RepairScratchIo, got {other:?}"),
+    }
+    let message = finished.result.as_ref().unwrap_err().to_string();
+    assert!(
+        message.contains("scratch"),
+        "the reason names the scratch dir: {message}"
+    );
+    let store = finished.store.unwrap();
+    assert_eq!(fold_of(&store), before, "the fold stays as committed");
+    assert_eq!(store.cursor().revision(), Some(4));
 }

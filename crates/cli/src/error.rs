@@ -97,7 +97,7 @@ impl CliError {
     }
 
     /// The process exit code: 3 when the fold needs a repair that was not
-    /// done (mode `none`, refused, held, or not available in this build), 2
+    /// done (mode `none`, refused, held, or no artifact to restore from), 2
     /// for usage errors (as clap), 1 otherwise.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
@@ -105,7 +105,7 @@ impl CliError {
             | Self::Applied(
                 AppliedError::RelistRefused { .. }
                 | AppliedError::RestoreUnavailable { .. }
-                | AppliedError::BucketReplaced { .. }
+                | AppliedError::RestoreRefused { .. }
                 | AppliedError::MassDeleteHeld { .. },
             ) => 3,
             Self::Usage(_) => 2,

@@ -8,8 +8,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use slipstream::kv::{Connection, KvStore};
 use slipstream::{
-    AppliedConfig, AppliedError, AppliedWatch, OnExpiry, Phase, RepairMode, SnapshotStore,
-    StatusReceiver, StopReason, WatchScope, handlers,
+    AppliedConfig, AppliedError, AppliedWatch, LocalArtifacts, OnExpiry, Phase, RepairMode,
+    SnapshotStore, StatusReceiver, StopReason, WatchScope, handlers,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -33,23 +33,13 @@ pub(crate) enum RepairArg {
 }
 
 impl RepairArg {
-    /// What the engine does on expiry. `restore` and the restore half of
-    /// `auto` stop with a one-line error until restore lands in the engine.
+    /// What the engine does on expiry.
     fn on_expiry(self) -> OnExpiry {
         match self {
             Self::Auto => OnExpiry::Repair(RepairMode::Auto),
             Self::Relist => OnExpiry::Repair(RepairMode::Relist),
             Self::Restore => OnExpiry::Repair(RepairMode::Restore),
             Self::None => OnExpiry::Stop,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Relist => "relist",
-            Self::Restore => "restore",
-            Self::None => "none",
         }
     }
 }
@@ -225,11 +215,14 @@ async fn mirror<S: SnapshotStore>(
     );
     let conn = args.server.connect().await?;
     let bucket = conn.store(&args.bucket).await?;
-    let config = AppliedConfig::new(scope)
+    let mut config = AppliedConfig::new(scope)
         .name(args.bucket.clone())
         .store(store)
         .on_expiry(args.repair.on_expiry())
         .shutdown(shutdown.clone());
+    if let Some(dir) = &args.artifacts {
+        config = config.restore_from(LocalArtifacts::new(dir));
+    }
     let watch = AppliedWatch::new(bucket.watcher(), config);
     let progress = tokio::spawn(show_progress(watch.status(), start));
     // The fold lives in the store; the CLI only counts what arrives, so a
@@ -260,24 +253,14 @@ async fn mirror<S: SnapshotStore>(
                 .revision()
                 .map_or_else(|| "none".to_owned(), |r| r.to_string()),
             reason: reason.to_string(),
-            advice: expiry_advice(args.repair),
+            advice: EXPIRY_ADVICE.to_owned(),
         }),
         Err(e) => Err(e.into()),
     }
 }
 
-fn expiry_advice(repair: RepairArg) -> String {
-    match repair {
-        RepairArg::None => {
-            "--repair none: not repairing (--repair auto relists where the bucket's listing is the truth)"
-                .to_owned()
-        }
-        mode => format!(
-            "--repair {} is not available in this build yet: mirror into a new --store, or `slipstream import` an artifact exported by another node",
-            mode.name()
-        ),
-    }
-}
+/// What an operator can do when `--repair none` stopped on an expiry.
+const EXPIRY_ADVICE: &str = "--repair none: not repairing (--repair auto relists where the bucket's listing is the truth and restores from --artifacts otherwise)";
 
 /// A progress bar while the initial sync runs (hidden when stderr is not
 /// a terminal), then a log line per phase change.

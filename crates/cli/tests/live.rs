@@ -275,6 +275,64 @@ async fn mirror_past_retention_relists_and_drops_a_delete_lost_in_the_gap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "live: needs NATS_SERVER_BIN; `cargo xtask it` runs it"]
+async fn mirror_past_retention_restores_from_another_nodes_artifact() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let (_conn, bucket) = bucket(&url, "edge").await;
+    let dir = TempDir::new("cli-restore");
+    let (node_a, node_b) = (dir.path().join("a"), dir.path().join("b"));
+    let artifacts = dir.path().join("artifacts");
+    write(&bucket, 0..20, "a").await;
+    let mut first = Mirror::start(&url, "edge", &node_a, dir.path().join("a1.log"), &[]);
+    first.wait_caught_up().await;
+    assert_eq!(first.terminate().await, Some(0));
+
+    // Node A is down: keys change, one is deleted (its marker purged), and
+    // node B, which kept running, exports its fold.
+    write(&bucket, 0..20, "b").await;
+    bucket.writer().delete("cfg.0000").await.unwrap();
+    let admin = Admin::connect(&url).await;
+    admin
+        .purge_subject("KV_edge", "$KV.edge.cfg.0000")
+        .await
+        .unwrap();
+    let mut other = Mirror::start(&url, "edge", &node_b, dir.path().join("b.log"), &[]);
+    other.wait_caught_up().await;
+    assert_eq!(other.terminate().await, Some(0));
+    std::fs::create_dir_all(&artifacts).unwrap();
+    run(&[
+        "export",
+        "--store",
+        s(&node_b),
+        "--out",
+        s(&artifacts.join("b-1")),
+    ])
+    .ok();
+    write(&bucket, 20..25, "c").await;
+    // Only values node A holds go: the head passes its cursor (20).
+    admin.purge_below("KV_edge", 22).await.unwrap();
+
+    let mut second = Mirror::start(
+        &url,
+        "edge",
+        &node_a,
+        dir.path().join("a2.log"),
+        &["--repair", "restore", "--artifacts", s(&artifacts)],
+    );
+    second.wait_caught_up().await;
+    assert_eq!(second.terminate().await, Some(0));
+    let (cursor, entries) = dumped(&node_a);
+    let expected = truth(&bucket).await;
+    assert!(
+        !entries.contains_key("cfg.0000"),
+        "the real delete is applied"
+    );
+    assert_eq!(entries, expected, "{}", second.log());
+    assert_eq!(cursor, expected.values().map(|(rev, _)| *rev).max());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live: needs NATS_SERVER_BIN; `cargo xtask it` runs it"]
 async fn kv_commands_put_get_list_and_delete() {
     let server = NatsServer::start().await;
     let url = server.url();

@@ -96,9 +96,9 @@ pub use slipstream_rocksdb as rocksdb;
 
 pub use slipstream_applied::{
     AppliedConfig, AppliedError, AppliedWatch, BatchPolicy, ExportRequest, ExportRequests,
-    Exporter, Finished, Handlers, MassDeleteLimit, MassDeletePolicy, OnExpiry, Phase, RepairMode,
-    RetryPolicy, StatusReceiver, StopReason, Stopped, Timeouts, WatchStatus, export_channel,
-    handlers,
+    Exporter, Finished, Handlers, LocalArtifacts, MassDeleteLimit, MassDeletePolicy, OnExpiry,
+    Phase, RepairCause, RepairMode, RestoreRefusal, RestoreSource, RetryPolicy, ScratchPolicy,
+    StatusReceiver, StopReason, Stopped, Timeouts, WatchStatus, export_channel, handlers,
 };
 #[cfg(feature = "fjall")]
 pub use slipstream_fjall::{FjallOptions, FjallStore};

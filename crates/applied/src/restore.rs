@@ -1,0 +1,454 @@
+//! The restore repair (R3, R9): bring the fold forward to an artifact's
+//! cursor without moving any key backward or deleting a live one (K10).
+//!
+//! Order, so a refusal or failure changes nothing: find the newest
+//! artifact, check backend, scope, bucket identity and K6 on its manifest;
+//! fetch and import it into scratch as a temporary fold of the same
+//! backend; re-check on what was imported; find the fold's keys the
+//! artifact lacks and ask the bucket's listing which of them are still
+//! live; apply the mass-delete guard. Only then are the changes folded
+//! through `parse`/`apply`/store in `max`-sized chunks (deletes first,
+//! then the artifact's entries the fold should take), with the cursor
+//! unchanged; the final commit moves it to the artifact's cursor.
+//!
+//! Memory: the artifact is read as a stream of `max`-sized chunks; the
+//! keys the artifact lacks are held (they are the candidate deletions).
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::vec::Drain;
+
+use futures::StreamExt;
+use slipstream_kv::{
+    KvEntry, KvError, KvUpdate, KvWatcher, Retention, WatchCursor, WatchEvent, WatchStart,
+};
+use slipstream_protocol::{
+    MassDeleteVerdict, RestoreAction, mass_delete_guard, restore_ahead, restore_allowed,
+    restore_key,
+};
+use slipstream_snapshot::{ArtifactManifest, StoredEntry};
+use tokio::sync::mpsc;
+
+use crate::config::MassDeletePolicy;
+use crate::engine::{Engine, Opened};
+use crate::error::{AppliedError, RepairCause, RestoreRefusal};
+use crate::expiry::AfterExpiry;
+use crate::slot::StoreSlot;
+
+/// The artifact entries one chunk carries to the engine.
+type Chunk = Vec<(String, StoredEntry)>;
+
+impl<W, S, P, A, O, T> Engine<W, S, P, A, O, T>
+where
+    W: KvWatcher,
+    S: StoreSlot,
+    P: FnMut(&KvUpdate) -> Option<T>,
+    A: FnMut(Drain<'_, T>),
+    O: FnMut(&WatchCursor),
+{
+    /// R3: restore the fold from the newest artifact of the configured
+    /// source, then resume with a delta watch from the artifact's cursor.
+    pub(crate) async fn restore(
+        &mut self,
+        cause: RepairCause,
+        retention: &Retention,
+    ) -> Result<AfterExpiry, AppliedError> {
+        let Some(source) = self.config.restore.clone().filter(|_| S::DURABLE) else {
+            self.reporter().repair("restore_unavailable");
+            return Err(AppliedError::RestoreUnavailable {
+                reason: cause,
+                cursor: self.committed().clone(),
+            });
+        };
+        let bound = self.config.timeouts.restore;
+        let failed = |stage: &'static str| {
+            move |source: crate::source::SourceError| AppliedError::RestoreFailed { stage, source }
+        };
+        let timed_out = |stage: &'static str| AppliedError::RestoreFailed {
+            stage,
+            source: format!("no answer within {bound:?}").into(),
+        };
+        let manifest = tokio::time::timeout(bound, source.newest())
+            .await
+            .map_err(|_| timed_out("finding the newest artifact"))?
+            .map_err(failed("finding the newest artifact"))?;
+        let Some(manifest) = manifest else {
+            return Err(self.refused(cause, RestoreRefusal::NoArtifact));
+        };
+        // A recreated bucket's revisions restart: the fold's rank says
+        // nothing about the new incarnation, so every artifact key is newer.
+        let local = if cause.replaces_bucket() {
+            0
+        } else {
+            self.applied.rank()
+        };
+        if let Some(refusal) = self.check_manifest(&manifest, local, retention) {
+            return Err(self.refused(cause, refusal));
+        }
+        let scratch = std::fs::create_dir_all(&self.config.scratch.dir)
+            .and_then(|()| {
+                tempfile::Builder::new()
+                    .prefix("slipstream-restore-")
+                    .tempdir_in(&self.config.scratch.dir)
+            })
+            .map_err(|e| AppliedError::RestoreFailed {
+                stage: "creating the scratch directory",
+                source: format!("under {}: {e}", self.config.scratch.dir.display()).into(),
+            })?;
+        let fetched = tokio::time::timeout(bound, source.fetch(&manifest, scratch.path()))
+            .await
+            .map_err(|_| timed_out("fetching the artifact"))?
+            .map_err(failed("fetching the artifact"))?;
+        let fold_dir = scratch.path().join("fold");
+        let imported =
+            tokio::task::spawn_blocking(move || S::import_scratch(&fetched, &fold_dir)).await;
+        let (artifact_cursor, artifact) = match imported {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(e)) => return Err(restore_failed("importing the artifact", e)),
+            Err(e) => return Err(restore_failed("importing the artifact", e)),
+        };
+        // The directory may have changed since its manifest was read: check
+        // again on what was actually imported.
+        let imported_manifest = ArtifactManifest {
+            cursor: artifact_cursor.clone(),
+            ..manifest
+        };
+        if let Some(refusal) = self.check_manifest(&imported_manifest, local, retention) {
+            return Err(self.refused(cause, refusal));
+        }
+        let replaced = cause.replaces_bucket();
+        let Some((fold_len, candidates, artifact)) = self.keys_artifact_lacks(artifact).await?
+        else {
+            return Ok(AfterExpiry::Shutdown);
+        };
+        let Some(deletions) = self.not_listed_live(candidates).await? else {
+            return Ok(AfterExpiry::Shutdown);
+        };
+        let count = u64::try_from(deletions.len()).unwrap_or(u64::MAX);
+        if let MassDeletePolicy::Hold(limit) = self.config.mass_delete
+            && mass_delete_guard(fold_len, count, limit) == MassDeleteVerdict::Hold
+        {
+            self.reporter().repair("held");
+            tracing::error!(
+                watch = %self.config.name,
+                deletions = count,
+                fold_len,
+                "restore repair held by the mass-delete guard",
+            );
+            return Err(AppliedError::MassDeleteHeld {
+                deletions: count,
+                fold_len,
+                cursor: self.committed().clone(),
+            });
+        }
+        tracing::info!(
+            watch = %self.config.name,
+            artifact = ?artifact_cursor.revision(),
+            deletions = count,
+            "restore: folding the artifact",
+        );
+        for key in deletions {
+            if self.receive_repair(KvUpdate::synthetic_delete(key)) {
+                self.flush().await?;
+            }
+        }
+        self.flush().await?;
+        if self.take_artifact(artifact, replaced).await? == AfterExpiry::Shutdown {
+            return Ok(AfterExpiry::Shutdown);
+        }
+        self.flush().await?;
+        drop(scratch);
+        let mut cursor = artifact_cursor;
+        if self.applied.seen_evicting() {
+            cursor = cursor.with_seen_evicting();
+        }
+        if cursor.identity().is_none() {
+            cursor = cursor.with_identity(retention.identity.clone());
+        }
+        self.applied = cursor;
+        self.commit_all().await?;
+        self.reporter().repair("restore");
+        self.relist_next = false;
+        Ok(AfterExpiry::Rewatch)
+    }
+
+    fn refused(&self, cause: RepairCause, refusal: RestoreRefusal) -> AppliedError {
+        self.reporter().repair("restore_refused");
+        tracing::error!(watch = %self.config.name, %cause, %refusal, "restore refused");
+        AppliedError::RestoreRefused {
+            reason: cause,
+            refusal: Box::new(refusal),
+            cursor: self.committed().clone(),
+        }
+    }
+
+    /// Whether an artifact can repair this fold, from its manifest alone:
+    /// same backend, scope covered, same bucket incarnation, and K6 against
+    /// the fold's rank `local` and the retention floor.
+    fn check_manifest(
+        &self,
+        manifest: &ArtifactManifest,
+        local: u64,
+        retention: &Retention,
+    ) -> Option<RestoreRefusal> {
+        if let Some(store) = S::BACKEND
+            && !manifest.is_from(store)
+        {
+            return Some(RestoreRefusal::OtherBackend {
+                artifact: manifest.backend_label(),
+                store: store.to_string(),
+            });
+        }
+        if !manifest.scope.covers(&self.config.scope) {
+            return Some(RestoreRefusal::ScopeNotCovered {
+                artifact: manifest.scope.clone(),
+                watch: self.config.scope.clone(),
+            });
+        }
+        if let Some(identity) = manifest.cursor.identity()
+            && *identity != retention.identity
+        {
+            return Some(RestoreRefusal::OtherIncarnation {
+                artifact: identity.clone(),
+                bucket: retention.identity.clone(),
+            });
+        }
+        let artifact = manifest.cursor.rank();
+        if restore_allowed(artifact, local, retention.first_revision) {
+            return None;
+        }
+        Some(if restore_ahead(artifact, local) {
+            RestoreRefusal::ArtifactExpired {
+                artifact,
+                first_sequence: retention.first_revision,
+            }
+        } else {
+            RestoreRefusal::NotAhead {
+                artifact,
+                fold: local,
+            }
+        })
+    }
+
+    /// Scan the fold's in-scope keys against the imported artifact: the
+    /// in-scope fold size and the keys the artifact lacks. Hands the
+    /// artifact store back; `None` when shutdown came first.
+    async fn keys_artifact_lacks(
+        &mut self,
+        artifact: S,
+    ) -> Result<Option<(u64, Vec<String>, S)>, AppliedError> {
+        let store = self.take_store("restore scan").await?;
+        let scope = self.config.scope.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut fold_len = 0u64;
+            let mut lacking = Vec::new();
+            let mut lookup = Ok(());
+            let scanned = store.for_each_entry(&scope, &mut |key, _| {
+                fold_len += 1;
+                match artifact.get_entry(key) {
+                    Ok(Some(_)) => ControlFlow::Continue(()),
+                    Ok(None) => {
+                        lacking.push(key.to_owned());
+                        ControlFlow::Continue(())
+                    }
+                    Err(e) => {
+                        lookup = Err(e);
+                        ControlFlow::Break(())
+                    }
+                }
+            });
+            let result = scanned.and(lookup).map(|()| (fold_len, lacking));
+            (store, artifact, result)
+        })
+        .await;
+        let Ok((store, artifact, result)) = joined else {
+            return Err(AppliedError::StorePanicked {
+                operation: "restore scan",
+            });
+        };
+        self.store = Some(store);
+        let (fold_len, lacking) =
+            result.map_err(|e| restore_failed("comparing with the artifact", e))?;
+        if self.config.shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        Ok(Some((fold_len, lacking, artifact)))
+    }
+
+    /// Of `candidates`, the keys the bucket does not list live now (K10's
+    /// "never a phantom delete"), from a state-sync read up to its
+    /// `CaughtUp`; `None` when shutdown came first.
+    async fn not_listed_live(
+        &mut self,
+        candidates: Vec<String>,
+    ) -> Result<Option<Vec<String>>, AppliedError> {
+        if candidates.is_empty() {
+            return Ok(Some(candidates));
+        }
+        // Per candidate: the highest revision seen and whether it is a put.
+        let mut state: BTreeMap<String, Option<(Option<u64>, bool)>> =
+            candidates.into_iter().map(|k| (k, None)).collect();
+        let shutdown = self.config.shutdown.clone();
+        let failed = |source| AppliedError::RepairFailed {
+            stage: "listing",
+            source,
+        };
+        let mut stream = match self.open_watch(&shutdown, WatchStart::Relist).await {
+            Ok(Opened::Stream(s)) => s,
+            Ok(Opened::Shutdown) => return Ok(None),
+            Ok(Opened::Expired(reason)) => return Err(failed(KvError::CursorExpired { reason })),
+            Ok(Opened::Failed(e)) | Err(AppliedError::Kv(e)) => return Err(failed(e)),
+            Err(other) => return Err(other),
+        };
+        let bound = self.config.timeouts.watch_setup;
+        loop {
+            let next = tokio::time::timeout(bound, stream.next());
+            let item = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(None),
+                r = next => r,
+            };
+            let update = match item {
+                Err(_) => {
+                    return Err(failed(KvError::Timeout {
+                        operation: "listing".into(),
+                        after: bound,
+                    }));
+                }
+                Ok(Some(Ok(WatchEvent::CaughtUp))) => break,
+                Ok(Some(Ok(WatchEvent::Update(update)))) => update,
+                Ok(Some(Err(e))) => return Err(failed(e)),
+                Ok(None) => {
+                    return Err(failed(KvError::Watch(
+                        "the listing ended before it caught up".into(),
+                    )));
+                }
+            };
+            if let Some(seen) = state.get_mut(update.key()) {
+                let revision = update.revision();
+                // The newest record of a key wins; a later delivery wins a tie.
+                if seen.is_none_or(|(r, _)| revision >= r) {
+                    *seen = Some((revision, matches!(update, KvUpdate::Put(_))));
+                }
+            }
+        }
+        Ok(Some(
+            state
+                .into_iter()
+                .filter(|(_, seen)| !matches!(seen, Some((_, true))))
+                .map(|(key, _)| key)
+                .collect(),
+        ))
+    }
+
+    /// Stream the artifact's in-scope entries and fold every one K10 says
+    /// to take, in `max`-sized chunks, the cursor unchanged. With
+    /// `replaced`, the fold's entries are from an older incarnation and
+    /// never win.
+    async fn take_artifact(
+        &mut self,
+        artifact: S,
+        replaced: bool,
+    ) -> Result<AfterExpiry, AppliedError> {
+        let chunk_len = self.config.batch.max.clamp(1, 4096);
+        let scope = self.config.scope.clone();
+        let (tx, mut rx) = mpsc::channel::<Chunk>(2);
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::with_capacity(chunk_len);
+            let mut receiver_gone = false;
+            let scanned = artifact.for_each_entry(&scope, &mut |key, entry| {
+                chunk.push((key.to_owned(), entry.to_owned_entry()));
+                if chunk.len() < chunk_len {
+                    return ControlFlow::Continue(());
+                }
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_len));
+                if tx.blocking_send(full).is_err() {
+                    receiver_gone = true;
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            });
+            if scanned.is_ok() && !receiver_gone && !chunk.is_empty() {
+                // The engine may have stopped listening; nothing to do then.
+                let _ = tx.blocking_send(chunk);
+            }
+            scanned
+        });
+        let shutdown = self.config.shutdown.clone();
+        while let Some(chunk) = rx.recv().await {
+            if shutdown.is_cancelled() {
+                drop(rx);
+                let _ = producer.await;
+                return Ok(AfterExpiry::Shutdown);
+            }
+            for update in self.decide_chunk(chunk, replaced).await? {
+                if self.receive_repair(update) {
+                    self.flush().await?;
+                }
+            }
+        }
+        match producer.await {
+            Ok(Ok(())) => Ok(AfterExpiry::Rewatch),
+            Ok(Err(e)) => Err(restore_failed("reading the artifact", e)),
+            Err(e) => Err(restore_failed("reading the artifact", e)),
+        }
+    }
+
+    /// K10 for one chunk of artifact entries against the fold: the puts to
+    /// take.
+    async fn decide_chunk(
+        &mut self,
+        chunk: Chunk,
+        replaced: bool,
+    ) -> Result<Vec<KvUpdate>, AppliedError> {
+        let store = self.take_store("restore scan").await?;
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut takes = Vec::new();
+            for (key, entry) in chunk {
+                let local = match store.get_entry(&key) {
+                    Ok(local) => local,
+                    Err(e) => return (store, Err(e)),
+                };
+                let identical = local.as_ref() == Some(&entry);
+                let local_rank = local.map(|l| {
+                    if replaced {
+                        0
+                    } else {
+                        l.version.as_u64().unwrap_or(0)
+                    }
+                });
+                let artifact_rank = entry.version.as_u64().unwrap_or(0);
+                // The artifact lists the key, so "listed live" plays no part.
+                if restore_key(local_rank, Some(artifact_rank), identical, true)
+                    == RestoreAction::Take
+                {
+                    takes.push(KvUpdate::Put(KvEntry {
+                        key,
+                        value: entry.value,
+                        version: entry.version,
+                        created: None,
+                    }));
+                }
+            }
+            (store, Ok(takes))
+        })
+        .await;
+        let Ok((store, result)) = joined else {
+            return Err(AppliedError::StorePanicked {
+                operation: "restore scan",
+            });
+        };
+        self.store = Some(store);
+        result.map_err(|e| restore_failed("comparing with the artifact", e))
+    }
+}
+
+fn restore_failed(
+    stage: &'static str,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> AppliedError {
+    AppliedError::RestoreFailed {
+        stage,
+        source: Box::new(source),
+    }
+}

@@ -1,0 +1,528 @@
+//! Cursor-expiry repair (R1–R9) against a live nats-server, on each of the
+//! three stores: an offline gap whose purged delete only a relist removes
+//! (and repair mode `None` keeps), a running watch overrun by retention and
+//! repaired in process, the mass-delete guard and its override, a relist
+//! refused where the bucket's listing is not the truth, a restore from
+//! another node's artifact on a bucket whose values age out, and a deleted
+//! and recreated bucket repaired instead of waited on.
+//!
+//! Each scenario is a fn generic over the store; `for_each_store!` makes
+//! one test per store. The helpers in `harness` (a server with a bucket,
+//! a recording application, a logging watcher, nodes for any store, fold
+//! versus bucket comparison) are meant for the next repair scenarios too.
+
+// Helpers outside #[test] fns panic on failure too: that is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+#[path = "repair_e2e/harness.rs"]
+mod harness;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use harness::{
+    App, BURST_KEYS, Fold, Live, Op, Watched, assert_converged, burst_key, finish, fold_of,
+    open_store, plain, put_op, repair, repair_delete, run_to, start_node, stop, synced_store,
+    values, wait_applied,
+};
+use slipstream_applied::{
+    AppliedError, LocalArtifacts, MassDeletePolicy, OnExpiry, Phase, RepairCause, RepairMode,
+};
+use slipstream_fjall::FjallStore;
+use slipstream_kv::{ExpiryReason, StoreConfig, WatchScope};
+use slipstream_rocksdb::RocksDbStore;
+use slipstream_snapshot::{AppendLogStore, SnapshotStore};
+
+/// One `#[tokio::test]` per store for a scenario fn generic over the store.
+macro_rules! for_each_store {
+    ($scenario:ident: $applog:ident, $fjall:ident, $rocksdb:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $applog() {
+            $scenario::<AppendLogStore>("applog").await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $fjall() {
+            $scenario::<FjallStore>("fjall").await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $rocksdb() {
+            $scenario::<RocksDbStore>("rocksdb").await;
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Scenario 1: a purged delete in an offline gap
+// ---------------------------------------------------------------------------
+
+/// A node synced at revision 4 (`a`..`d`, history 1). While it is down `b`,
+/// `c`, `d` are rewritten (their old messages go), `a` is deleted and its
+/// marker purged, `e` is created: the head (6) passes the node's resume
+/// point (5). Returns the live bucket, the node's store and the last
+/// revision (10).
+async fn offline_gap_with_a_purged_delete<S: SnapshotStore>(label: &str) -> (Live, S, u64) {
+    let live = Live::start(label, StoreConfig::new("repair").history(1)).await;
+    for key in ["a", "b", "c", "d"] {
+        live.put(key, "v1").await;
+    }
+    let store = synced_store::<S>(&live, 4).await;
+
+    assert_eq!(live.put("b", "v2").await, 5);
+    assert_eq!(live.put("b", "v3").await, 6);
+    assert_eq!(live.put("c", "v2").await, 7);
+    assert_eq!(live.put("d", "v2").await, 8);
+    live.delete("a").await; // 9
+    live.purge_marker("a").await;
+    let last = live.put("e", "v1").await;
+    assert_eq!(last, 10);
+    assert_eq!(live.wait_first_sequence_above(5).await, 6);
+    assert!(!live.listing().await.contains_key("a"), "a is gone");
+    (live, store, last)
+}
+
+async fn purged_delete_leaves_the_fold_with_relist<S: SnapshotStore>(label: &str) {
+    let (live, store, last) = offline_gap_with_a_purged_delete::<S>(label).await;
+    let app = App::resuming(&store);
+    let mut node = start_node(&live, store, &app, repair(RepairMode::Relist));
+    wait_applied(&mut node, last).await;
+    assert_eq!(
+        node.watched(),
+        [
+            Watched::Call {
+                after: Some(4),
+                phase: Phase::Starting
+            },
+            Watched::Refused(ExpiryReason::BelowFirstSequence {
+                revision: 4,
+                first_sequence: 6
+            }),
+            // The listing, then the re-list, both while repairing.
+            Watched::Call {
+                after: None,
+                phase: Phase::Repairing
+            },
+            Watched::Call {
+                after: None,
+                phase: Phase::Repairing
+            },
+        ]
+    );
+    // The repair's delete of `a` first, then one put per live key.
+    assert_eq!(
+        app.parsed(),
+        [
+            repair_delete("a"),
+            put_op("b", 6),
+            put_op("c", 7),
+            put_op("d", 8),
+            put_op("e", 10),
+        ]
+    );
+
+    // Live writes after the repair arrive as usual.
+    let live_write = live.put("f", "v1").await;
+    wait_applied(&mut node, live_write).await;
+    assert_eq!(app.parsed().last(), Some(&put_op("f", live_write)));
+    let store = stop(node).await;
+    assert_eq!(store.cursor().revision(), Some(live_write));
+    let fold = fold_of(&store);
+    assert!(!fold.contains_key("a"), "the vanished key left the fold");
+    assert_converged(&live, &store, &app).await;
+}
+
+for_each_store!(purged_delete_leaves_the_fold_with_relist:
+    append_log_a_purged_delete_in_an_offline_gap_leaves_the_fold_with_relist,
+    fjall_a_purged_delete_in_an_offline_gap_leaves_the_fold_with_relist,
+    rocksdb_a_purged_delete_in_an_offline_gap_leaves_the_fold_with_relist);
+
+async fn mode_none_keeps_the_purged_delete<S: SnapshotStore>(label: &str) {
+    let (live, store, last) = offline_gap_with_a_purged_delete::<S>(label).await;
+    let app = App::resuming(&store);
+    let mut node = start_node(&live, store, &app, repair(RepairMode::None));
+    wait_applied(&mut node, last).await;
+    assert_eq!(
+        node.watched()[1..],
+        [
+            Watched::Refused(ExpiryReason::BelowFirstSequence {
+                revision: 4,
+                first_sequence: 6
+            }),
+            // No listing: straight to the re-list.
+            Watched::Call {
+                after: None,
+                phase: Phase::Repairing
+            },
+        ]
+    );
+    assert_eq!(
+        app.parsed(),
+        [
+            put_op("b", 6),
+            put_op("c", 7),
+            put_op("d", 8),
+            put_op("e", 10)
+        ],
+        "a re-list without deletes"
+    );
+
+    let live_write = live.put("f", "v1").await;
+    wait_applied(&mut node, live_write).await;
+    let store = stop(node).await;
+    let fold = fold_of(&store);
+    // The pinned divergence: without deletes the purged key persists.
+    assert_eq!(fold.get("a"), Some(&(Bytes::from_static(b"v1"), Some(1))));
+    let mut expected = live.listing().await;
+    assert!(!expected.contains_key("a"));
+    expected.insert("a".into(), (Bytes::from_static(b"v1"), Some(1)));
+    assert_eq!(fold, expected, "everything else is re-listed");
+    assert_eq!(app.fold(), values(&expected));
+}
+
+for_each_store!(mode_none_keeps_the_purged_delete:
+    append_log_repair_mode_none_keeps_a_key_whose_delete_was_purged_in_the_gap,
+    fjall_repair_mode_none_keeps_a_key_whose_delete_was_purged_in_the_gap,
+    rocksdb_repair_mode_none_keeps_a_key_whose_delete_was_purged_in_the_gap);
+
+// ---------------------------------------------------------------------------
+// Scenario 2: a running watch overrun by retention
+// ---------------------------------------------------------------------------
+
+async fn running_watch_overrun_is_repaired_in_process<S: SnapshotStore>(label: &str) {
+    let live = Live::start(label, StoreConfig::new("repair").history(1)).await;
+    for key in ["a", "b", "c", "d"] {
+        live.put(key, "v1").await;
+    }
+    let store = synced_store::<S>(&live, 4).await;
+    // Restarted, the node resumes with a delta watch: the guarded kind.
+    let app = App::resuming(&store);
+    let mut node = start_node(&live, store, &app, repair(RepairMode::Relist));
+    wait_applied(&mut node, 4).await;
+
+    // A slow application: while `apply` is held the server stops
+    // delivering. Meanwhile `a` is deleted, every other key rewritten, and
+    // the head purged past the delete, so its marker is never delivered.
+    app.gate.close();
+    live.burst_until_stalled().await;
+    live.delete("a").await;
+    let deleted_at = live.stream_last().await;
+    let mut last = 0;
+    for key in ["b", "c", "d"] {
+        last = live.put(key, "v2").await;
+    }
+    for i in 0..BURST_KEYS {
+        last = live.put(&burst_key(i), "small").await;
+    }
+    let delivered = live.delivered().await;
+    assert!(
+        delivered < deleted_at,
+        "the delete ({deleted_at}) was delivered ({delivered}) before the purge"
+    );
+    live.admin
+        .purge_below(live.stream(), deleted_at + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        live.wait_first_sequence_above(deleted_at).await,
+        deleted_at + 1
+    );
+    app.gate.open();
+
+    wait_applied(&mut node, last).await;
+    let watched = node.watched();
+    let Some(Watched::Overrun(ExpiryReason::FloorOverrun {
+        frontier,
+        first_sequence,
+    })) = watched.get(1)
+    else {
+        panic!("the floor guard tripped the running watch: {watched:?}");
+    };
+    assert!(*frontier < deleted_at, "{frontier} < {deleted_at}");
+    assert_eq!(*first_sequence, deleted_at + 1);
+    assert_eq!(
+        watched,
+        [
+            Watched::Call {
+                after: Some(4),
+                phase: Phase::Starting
+            },
+            watched[1].clone(),
+            // The listing and the re-list, in process.
+            Watched::Call {
+                after: None,
+                phase: Phase::Repairing
+            },
+            Watched::Call {
+                after: None,
+                phase: Phase::Repairing
+            },
+        ],
+    );
+    // The marker never reached the application; the repair's delete did,
+    // followed by one re-list put per live key, in revision order.
+    let parsed = app.parsed();
+    assert!(!parsed.contains(&Op::Delete("a".into(), Some(deleted_at))));
+    let repaired_at = parsed
+        .iter()
+        .position(|op| *op == repair_delete("a"))
+        .unwrap_or_else(|| panic!("the repair deleted `a`: {parsed:?}"));
+    let listing = live.listing().await;
+    let mut relisted: Vec<(u64, &String)> = listing
+        .iter()
+        .map(|(key, (_, rev))| (rev.unwrap(), key))
+        .collect();
+    relisted.sort_unstable();
+    let mut expected = vec![repair_delete("a")];
+    expected.extend(relisted.iter().map(|(rev, key)| put_op(key, *rev)));
+    assert_eq!(parsed[repaired_at..], expected);
+    assert_eq!(listing.len(), 3 + BURST_KEYS);
+
+    let live_write = live.put("after", "v1").await;
+    wait_applied(&mut node, live_write).await;
+    assert_eq!(app.parsed().last(), Some(&put_op("after", live_write)));
+    let store = stop(node).await;
+    assert!(!fold_of(&store).contains_key("a"));
+    assert_converged(&live, &store, &app).await;
+}
+
+for_each_store!(running_watch_overrun_is_repaired_in_process:
+    append_log_a_running_watch_overrun_by_retention_is_repaired_in_process,
+    fjall_a_running_watch_overrun_by_retention_is_repaired_in_process,
+    rocksdb_a_running_watch_overrun_by_retention_is_repaired_in_process);
+
+// ---------------------------------------------------------------------------
+// Scenario 3: the mass-delete guard
+// ---------------------------------------------------------------------------
+
+async fn mass_delete_is_held_until_allowed<S: SnapshotStore>(label: &str) {
+    let live = Live::start(label, StoreConfig::new("repair").history(1)).await;
+    for key in ["a", "b", "c", "d"] {
+        live.put(key, "v1").await;
+    }
+    let store = synced_store::<S>(&live, 4).await;
+    let before = fold_of(&store);
+    // While the node is down: three of its four keys are deleted with
+    // their markers purged, `d` is rewritten; the head passes the cursor.
+    for key in ["a", "b", "c"] {
+        live.delete(key).await;
+        live.purge_marker(key).await;
+    }
+    let last = live.put("d", "v2").await;
+    assert_eq!(last, 8);
+    assert_eq!(live.wait_first_sequence_above(5).await, 8);
+
+    let app = App::resuming(&store);
+    let node = start_node(&live, store, &app, repair(RepairMode::Relist));
+    let finished = finish(node).await;
+    match &finished.result {
+        Err(AppliedError::MassDeleteHeld {
+            deletions: 3,
+            fold_len: 4,
+            cursor,
+        }) => assert_eq!(cursor.revision(), Some(4)),
+        other => panic!("expected MassDeleteHeld, got {other:?}"),
+    }
+    assert_eq!(finished.cursor.revision(), Some(4));
+    let store = finished.store.expect("the store is handed back");
+    assert_eq!(fold_of(&store), before, "nothing was deleted");
+    assert_eq!(store.cursor().revision(), Some(4), "the cursor stayed");
+    assert_eq!(app.parsed(), [], "the application saw nothing");
+    assert_eq!(app.fold(), values(&before));
+
+    // Run again with the explicit override.
+    let node = start_node(&live, store, &app, |c| {
+        repair(RepairMode::Relist)(c).mass_delete(MassDeletePolicy::Allow)
+    });
+    let store = run_to(node, last).await;
+    assert_eq!(
+        app.parsed(),
+        [
+            repair_delete("a"),
+            repair_delete("b"),
+            repair_delete("c"),
+            put_op("d", 8)
+        ]
+    );
+    assert_eq!(
+        fold_of(&store),
+        Fold::from([("d".into(), (Bytes::from_static(b"v2"), Some(8)))])
+    );
+    assert_converged(&live, &store, &app).await;
+}
+
+for_each_store!(mass_delete_is_held_until_allowed:
+    append_log_a_repair_deleting_most_of_the_fold_is_held_until_allowed,
+    fjall_a_repair_deleting_most_of_the_fold_is_held_until_allowed,
+    rocksdb_a_repair_deleting_most_of_the_fold_is_held_until_allowed);
+
+// ---------------------------------------------------------------------------
+// Scenario 4: relist refused where the listing is not the truth
+// ---------------------------------------------------------------------------
+
+async fn relist_refused_on_an_evicting_bucket<S: SnapshotStore>(label: &str) {
+    let max_age = Duration::from_secs(2);
+    let live = Live::start(label, StoreConfig::new("repair").max_age(max_age)).await;
+    live.put("a", "v1").await;
+    live.put("b", "v1").await;
+    let store = synced_store::<S>(&live, 2).await;
+    let before = fold_of(&store);
+    assert!(!store.cursor().seen_evicting());
+    let last = live.put("b", "v2").await;
+    // Everything ages out: `a`'s only value too, and the head passes the
+    // node's resume point.
+    assert_eq!(live.wait_first_sequence_above(last).await, last + 1);
+    assert!(live.listing().await.is_empty(), "the listing lost `a`");
+
+    let app = App::resuming(&store);
+    let node = start_node(&live, store, &app, repair(RepairMode::Relist));
+    let log = Arc::clone(&node.log);
+    let finished = finish(node).await;
+    match &finished.result {
+        Err(AppliedError::RelistRefused {
+            reason:
+                RepairCause::Expired(ExpiryReason::BelowFirstSequence {
+                    revision: 2,
+                    first_sequence,
+                }),
+            cursor,
+        }) => {
+            assert_eq!(*first_sequence, last + 1);
+            assert_eq!(cursor.revision(), Some(2));
+        }
+        other => panic!("expected RelistRefused, got {other:?}"),
+    }
+    assert!(
+        !log.lock()
+            .unwrap()
+            .iter()
+            .any(|w| matches!(w, Watched::Call { after: None, .. })),
+        "nothing was listed"
+    );
+    let store = finished.store.expect("the store is handed back");
+    assert_eq!(fold_of(&store), before, "the fold stays as committed");
+    assert_eq!(store.cursor().revision(), Some(2), "the cursor stayed");
+    assert!(
+        store.cursor().seen_evicting(),
+        "the eviction memo is committed with the fold (R5)"
+    );
+    assert_eq!(app.parsed(), [], "the application saw nothing");
+}
+
+for_each_store!(relist_refused_on_an_evicting_bucket:
+    append_log_relist_is_refused_on_a_bucket_whose_values_age_out,
+    fjall_relist_is_refused_on_a_bucket_whose_values_age_out,
+    rocksdb_relist_is_refused_on_a_bucket_whose_values_age_out);
+
+// ---------------------------------------------------------------------------
+// Scenario 5: restore from another node's artifact on a max_age bucket
+// ---------------------------------------------------------------------------
+
+/// A node folds `a`, `b`, `d` and goes down; a gap write `g` and a real
+/// delete of `d` follow; another node exports at 5; everything ages out
+/// and `h` is written. Relist is refused; Restore keeps the aged-out `a`
+/// and `b`, recovers `g`, applies the delete, and ends equal to the
+/// exporter's fold plus `h`.
+async fn restore_from_an_artifact_on_an_aging_bucket<S: SnapshotStore>(label: &str) {
+    let max_age = Duration::from_secs(3);
+    let live = Live::start(label, StoreConfig::new("repair").max_age(max_age)).await;
+    live.put("a", "v1").await; // 1
+    live.put("b", "v1").await; // 2
+    live.put("d", "v1").await; // 3
+    let store = synced_store::<S>(&live, 3).await;
+    live.put("g", "v1").await; // 4: the gap write
+    live.delete("d").await; // 5: the real delete
+
+    let exporter_dir = live.dir.path().join("exporter");
+    let (_, exporter) = open_store::<S>(&exporter_dir).await;
+    let node = start_node(&live, exporter, &App::default(), plain);
+    let mut exporter = run_to(node, 5).await;
+    let artifacts = live.dir.path().join("artifacts");
+    std::fs::create_dir(&artifacts).unwrap();
+    exporter
+        .export_to(&artifacts.join("exporter-at-5"), &WatchScope::All)
+        .unwrap();
+    let exported = fold_of(&exporter);
+    drop(exporter);
+
+    assert_eq!(live.wait_first_sequence_above(5).await, 6);
+    let last = live.put("h", "v1").await; // 6
+    assert!(!live.listing().await.contains_key("a"), "a aged out");
+
+    // Relist cannot repair this: the listing lost `a`, `b` and `g`.
+    let before = fold_of(&store);
+    let node = start_node(&live, store, &App::default(), repair(RepairMode::Relist));
+    let finished = finish(node).await;
+    assert!(
+        matches!(finished.result, Err(AppliedError::RelistRefused { .. })),
+        "{:?}",
+        finished.result
+    );
+    let store = finished.store.expect("the store is handed back");
+    assert_eq!(fold_of(&store), before, "the refusal changed nothing");
+
+    let app = App::resuming(&store);
+    let source = LocalArtifacts::new(&artifacts);
+    let node = start_node(&live, store, &app, move |c| {
+        c.on_expiry(OnExpiry::Repair(RepairMode::Restore))
+            .restore_from(source)
+    });
+    let store = run_to(node, last).await;
+    let mut expected = exported;
+    expected.insert("h".into(), (Bytes::from_static(b"v1"), Some(last)));
+    let fold = fold_of(&store);
+    assert_eq!(fold, expected, "the exporter's fold plus the delta");
+    assert!(fold.contains_key("a") && fold.contains_key("g") && !fold.contains_key("d"));
+    assert_eq!(app.fold(), values(&fold), "the application saw the same");
+}
+
+for_each_store!(restore_from_an_artifact_on_an_aging_bucket:
+    append_log_restore_keeps_aged_out_keys_recovers_the_gap_and_applies_the_delete,
+    fjall_restore_keeps_aged_out_keys_recovers_the_gap_and_applies_the_delete,
+    rocksdb_restore_keeps_aged_out_keys_recovers_the_gap_and_applies_the_delete);
+
+// ---------------------------------------------------------------------------
+// Scenario 6: a deleted and recreated bucket
+// ---------------------------------------------------------------------------
+
+async fn recreated_bucket_is_repaired<S: SnapshotStore>(label: &str) {
+    let config = StoreConfig::new("repair");
+    let mut live = Live::start(label, config.clone()).await;
+    for key in ["a", "b", "c", "d", "e"] {
+        live.put(key, "old").await; // 1..=5
+    }
+    let store = synced_store::<S>(&live, 5).await;
+    let old = store.cursor().identity().cloned();
+    assert!(old.is_some(), "the cursor remembers the incarnation");
+
+    live.recreate(config).await;
+    live.put("a", "new").await; // 1
+    live.put("b", "new").await; // 2
+    let last = live.put("x", "new").await; // 3: below the old cursor
+
+    let app = App::resuming(&store);
+    let node = start_node(&live, store, &app, |c| {
+        c.on_expiry(OnExpiry::Repair(RepairMode::Auto))
+            .mass_delete(MassDeletePolicy::Allow)
+    });
+    let log = Arc::clone(&node.log);
+    let store = run_to(node, last).await;
+    assert!(
+        log.lock().unwrap().iter().any(|w| matches!(
+            w,
+            Watched::Refused(
+                ExpiryReason::IdentityChanged { .. } | ExpiryReason::BeyondLastSequence { .. }
+            )
+        )),
+        "the recreation was detected: {:?}",
+        log.lock().unwrap()
+    );
+    assert_converged(&live, &store, &app).await;
+    assert_ne!(store.cursor().identity().cloned(), old, "a new incarnation");
+}
+
+for_each_store!(recreated_bucket_is_repaired:
+    append_log_a_recreated_bucket_is_detected_and_repaired_not_waited_on,
+    fjall_a_recreated_bucket_is_detected_and_repaired_not_waited_on,
+    rocksdb_a_recreated_bucket_is_detected_and_repaired_not_waited_on);
