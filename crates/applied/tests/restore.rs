@@ -266,7 +266,8 @@ async fn every_restore_refusal_and_failure_stops_the_watch_and_leaves_the_fold_u
         std::fs::create_dir_all(arts.join("bad")).unwrap();
         std::fs::write(arts.join("bad").join(MANIFEST_FILE), b"{not json").unwrap();
     };
-    let cases: [(&str, Setup, fn(&AppliedError) -> bool); 3] = [
+    type Expect = fn(&AppliedError) -> bool;
+    let cases: [(&str, Setup, Expect); 3] = [
         (
             "an empty artifact directory",
             no_artifacts,
@@ -596,16 +597,9 @@ async fn a_recreated_bucket_is_repaired_by_relist_not_waited_on() {
             .mass_delete(MassDeletePolicy::Allow)
     });
     let store = run_to(start(kv.watcher(), store, &app, tune), last).await;
-    assert_eq!(
-        fold_of(&store),
-        truth(&kv).await,
-        "the fold is the new bucket"
-    );
-    assert_eq!(
-        app.seen().fold,
-        truth(&kv).await,
-        "and so is the application's"
-    );
+    let listed = truth(&kv).await;
+    assert_eq!(fold_of(&store), listed, "the fold is the new bucket");
+    assert_eq!(app.seen().fold, listed, "and so is the application's");
     assert_ne!(store.cursor().identity().cloned(), old_identity);
 }
 
