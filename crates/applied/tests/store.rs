@@ -526,7 +526,6 @@ async fn a_store_that_stopped_committing_resumes_from_its_last_real_commit() {
     let (_server, kv) = bucket().await;
     let dir = tempfile::tempdir().unwrap();
     let plan = FaultPlan::new();
-    plan.state().crash_at = Some(2);
     let (_, store) = open_store(dir.path(), &plan);
     let app = App::new();
     let mut run = start(&kv, store, &app, |c| {
@@ -538,6 +537,11 @@ async fn a_store_that_stopped_committing_resumes_from_its_last_real_commit() {
     wait_status(&mut run.status, WatchStatus::is_ready).await;
     put_n(&kv, 0, 2).await;
     wait_status(&mut run.status, |s| s.applied == Some(2)).await;
+    // From the next commit on, the store "crashes": it stops writing.
+    {
+        let mut state = plan.state();
+        state.crash_at = Some(state.attempts + 1);
+    }
     put_n(&kv, 2, 2).await;
     // The engine believes revision 4 is committed; the "crashed" store
     // never wrote it.
