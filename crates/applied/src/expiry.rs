@@ -37,6 +37,20 @@ use crate::slot::StoreSlot;
 use crate::spill::KeySorter;
 use crate::status::Phase;
 
+/// One item of a repair's listing.
+pub(crate) enum Listed {
+    Update(KvUpdate),
+    CaughtUp,
+    Shutdown,
+}
+
+fn listing_failed(source: KvError) -> AppliedError {
+    AppliedError::RepairFailed {
+        stage: "listing",
+        source,
+    }
+}
+
 /// What the engine does after an expiry was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AfterExpiry {
@@ -285,44 +299,17 @@ where
     /// read up to its `CaughtUp`, sorted externally in the repair's scratch
     /// directory; `None` when shutdown came first.
     async fn list_live_keys(&mut self) -> Result<Option<KeySorter>, AppliedError> {
-        let shutdown = self.config.shutdown.clone();
-        let failed = |source| AppliedError::RepairFailed {
-            stage: "listing",
-            source,
-        };
         // Before the watch opens: an unusable scratch directory fails the
         // repair whatever the listing's size.
         let mut listed = KeySorter::new(&self.config.scratch)?;
-        let mut stream = match self.open_watch(&shutdown, WatchStart::Relist).await {
-            Ok(Opened::Stream(s)) => s,
-            Ok(Opened::Shutdown) => return Ok(None),
-            Ok(Opened::Expired(reason)) => return Err(failed(KvError::CursorExpired { reason })),
-            Ok(Opened::Failed(e)) | Err(AppliedError::Kv(e)) => return Err(failed(e)),
-            Err(other) => return Err(other),
+        let Some(mut stream) = self.open_listing().await? else {
+            return Ok(None);
         };
-        let bound = self.config.timeouts.watch_setup;
         loop {
-            let next = tokio::time::timeout(bound, stream.next());
-            let item = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(None),
-                r = next => r,
-            };
-            let update = match item {
-                Err(_) => {
-                    return Err(failed(KvError::Timeout {
-                        operation: "listing".into(),
-                        after: bound,
-                    }));
-                }
-                Ok(Some(Ok(WatchEvent::CaughtUp))) => return Ok(Some(listed)),
-                Ok(Some(Ok(WatchEvent::Update(update)))) => update,
-                Ok(Some(Err(e))) => return Err(failed(e)),
-                Ok(None) => {
-                    return Err(failed(KvError::Watch(
-                        "the listing ended before it caught up".into(),
-                    )));
-                }
+            let update = match self.next_listed(&mut stream).await? {
+                Listed::Update(update) => update,
+                Listed::CaughtUp => return Ok(Some(listed)),
+                Listed::Shutdown => return Ok(None),
             };
             // Writes during the listing can deliver a key twice; the sorter
             // keeps the highest revision. Any put, even an empty value, is
@@ -341,6 +328,47 @@ where
                     source: std::io::Error::other("the writing task panicked"),
                 })??;
             }
+        }
+    }
+
+    /// Open a state-sync watch for a repair's listing; `None` when shutdown
+    /// came first. Every failure fails the repair (R4).
+    pub(crate) async fn open_listing(&mut self) -> Result<Option<W::WatchStream>, AppliedError> {
+        let shutdown = self.config.shutdown.clone();
+        match self.open_watch(&shutdown, WatchStart::Relist).await {
+            Ok(Opened::Stream(s)) => Ok(Some(s)),
+            Ok(Opened::Shutdown) => Ok(None),
+            Ok(Opened::Expired(reason)) => Err(listing_failed(KvError::CursorExpired { reason })),
+            Ok(Opened::Failed(e)) | Err(AppliedError::Kv(e)) => Err(listing_failed(e)),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The listing's next item, each wait bounded by the watch-setup
+    /// timeout; a listing that ends or fails before it caught up fails the
+    /// repair.
+    pub(crate) async fn next_listed(
+        &mut self,
+        stream: &mut W::WatchStream,
+    ) -> Result<Listed, AppliedError> {
+        let bound = self.config.timeouts.watch_setup;
+        let next = tokio::time::timeout(bound, stream.next());
+        let item = tokio::select! {
+            biased;
+            () = self.config.shutdown.cancelled() => return Ok(Listed::Shutdown),
+            r = next => r,
+        };
+        match item {
+            Err(_) => Err(listing_failed(KvError::Timeout {
+                operation: "listing".into(),
+                after: bound,
+            })),
+            Ok(Some(Ok(WatchEvent::CaughtUp))) => Ok(Listed::CaughtUp),
+            Ok(Some(Ok(WatchEvent::Update(update)))) => Ok(Listed::Update(update)),
+            Ok(Some(Err(e))) => Err(listing_failed(e)),
+            Ok(None) => Err(listing_failed(KvError::Watch(
+                "the listing ended before it caught up".into(),
+            ))),
         }
     }
 

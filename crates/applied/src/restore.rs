@@ -18,10 +18,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::vec::Drain;
 
-use futures::StreamExt;
-use slipstream_kv::{
-    KvEntry, KvError, KvUpdate, KvWatcher, Retention, WatchCursor, WatchEvent, WatchStart,
-};
+use slipstream_kv::{KvEntry, KvUpdate, KvWatcher, Retention, WatchCursor};
 use slipstream_protocol::{
     MassDeleteVerdict, RestoreAction, mass_delete_guard, restore_ahead, restore_allowed,
     restore_key,
@@ -30,9 +27,9 @@ use slipstream_snapshot::{ArtifactManifest, StoredEntry};
 use tokio::sync::mpsc;
 
 use crate::config::MassDeletePolicy;
-use crate::engine::{Engine, Opened};
+use crate::engine::Engine;
 use crate::error::{AppliedError, RepairCause, RestoreRefusal};
-use crate::expiry::AfterExpiry;
+use crate::expiry::{AfterExpiry, Listed};
 use crate::slot::StoreSlot;
 
 /// The artifact entries one chunk carries to the engine.
@@ -288,41 +285,14 @@ where
         // Per candidate: the highest revision seen and whether it is a put.
         let mut state: BTreeMap<String, Option<(Option<u64>, bool)>> =
             candidates.into_iter().map(|k| (k, None)).collect();
-        let shutdown = self.config.shutdown.clone();
-        let failed = |source| AppliedError::RepairFailed {
-            stage: "listing",
-            source,
+        let Some(mut stream) = self.open_listing().await? else {
+            return Ok(None);
         };
-        let mut stream = match self.open_watch(&shutdown, WatchStart::Relist).await {
-            Ok(Opened::Stream(s)) => s,
-            Ok(Opened::Shutdown) => return Ok(None),
-            Ok(Opened::Expired(reason)) => return Err(failed(KvError::CursorExpired { reason })),
-            Ok(Opened::Failed(e)) | Err(AppliedError::Kv(e)) => return Err(failed(e)),
-            Err(other) => return Err(other),
-        };
-        let bound = self.config.timeouts.watch_setup;
         loop {
-            let next = tokio::time::timeout(bound, stream.next());
-            let item = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(None),
-                r = next => r,
-            };
-            let update = match item {
-                Err(_) => {
-                    return Err(failed(KvError::Timeout {
-                        operation: "listing".into(),
-                        after: bound,
-                    }));
-                }
-                Ok(Some(Ok(WatchEvent::CaughtUp))) => break,
-                Ok(Some(Ok(WatchEvent::Update(update)))) => update,
-                Ok(Some(Err(e))) => return Err(failed(e)),
-                Ok(None) => {
-                    return Err(failed(KvError::Watch(
-                        "the listing ended before it caught up".into(),
-                    )));
-                }
+            let update = match self.next_listed(&mut stream).await? {
+                Listed::Update(update) => update,
+                Listed::CaughtUp => break,
+                Listed::Shutdown => return Ok(None),
             };
             if let Some(seen) = state.get_mut(update.key()) {
                 let revision = update.revision();
