@@ -22,36 +22,47 @@ pub struct AckInfo {
 /// an unknown revision, never 0.
 #[must_use]
 pub fn parse_ack_subject(subject: &str) -> AckInfo {
-    let mut tokens: [&str; 12] = [""; 12];
-    let mut count = 0;
-    for token in subject.split('.') {
-        if count == tokens.len() {
-            return AckInfo::default();
-        }
-        tokens[count] = token;
-        count += 1;
-    }
-    if tokens[0] != "$JS" || tokens[1] != "ACK" {
+    // Bytes, not chars, and the numbers read from the end: this runs once
+    // per delivered message.
+    let bytes = subject.as_bytes();
+    if !bytes.starts_with(b"$JS.ACK.") {
         return AckInfo::default();
     }
-    // Offset of `<delivered>`: after `<stream>.<consumer>`, shifted by the
-    // domain and account tokens in the long form.
-    let base = match count {
-        9 => 4,
-        11 | 12 => 6,
+    // Tokens after `<pending>`: none in the 9- and 11-token forms, a random
+    // one in the 12-token form.
+    let trailing = match bytes.iter().filter(|&&b| b == b'.').count() + 1 {
+        9 | 11 => 0,
+        12 => 1,
         _ => return AckInfo::default(),
     };
-    let number = |i: usize| tokens[i].parse::<u64>().ok();
-    let stream_sequence = number(base + 1).filter(|&s| s > 0);
+    let mut from_end = bytes.rsplit(|&b| b == b'.').skip(trailing);
+    let mut next = || from_end.next().and_then(decimal);
+    let (pending, timestamp, consumer_sequence) = (next(), next(), next());
+    let stream_sequence = next().filter(|&s| s > 0);
     if stream_sequence.is_none() {
         return AckInfo::default();
     }
     AckInfo {
         stream_sequence,
-        consumer_sequence: number(base + 2),
-        timestamp: number(base + 3),
-        pending: number(base + 4),
+        consumer_sequence,
+        timestamp,
+        pending,
     }
+}
+
+/// An unsigned decimal of ASCII digits only; `None` when empty, on any
+/// other byte, or on overflow.
+fn decimal(token: &[u8]) -> Option<u64> {
+    if token.is_empty() {
+        return None;
+    }
+    token.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
 }
 
 #[cfg(test)]
@@ -85,11 +96,28 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_plain_decimals_within_u64() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"+5",
+            b"-1",
+            b"1x",
+            b" 1",
+        ] {
+            assert_eq!(decimal(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn garbage_is_unknown_never_zero() {
         for s in [
             "",
             "$JS.ACK",
             "$JS.ACK.s.c.1.x.5.9.0",
+            "$JS.ACK.s.c.1.+5.5.9.0",
             "$JS.ACK.s.c.1.0.5.9.0",
             "$JS.NAK.s.c.1.5.5.9.0",
             "$JS.ACK.s.c.1.5.5.9.0.extra",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Message, StatusCode, Subject, Subscriber};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
@@ -184,10 +184,17 @@ impl PushConsumer {
 
     /// Wait up to `wait` for the next delivery.
     pub(crate) async fn next(&mut self, wait: Duration) -> Delivery {
-        let msg = match tokio::time::timeout(wait, self.sub.next()).await {
-            Err(_) => return Delivery::Idle,
-            Ok(None) => return Delivery::Ended("subscription closed".to_owned()),
-            Ok(Some(msg)) => msg,
+        // What the inbox already holds needs no timer (and no clock read);
+        // a backlog is drained this way.
+        let next = match self.sub.next().now_or_never() {
+            Some(next) => next,
+            None => match tokio::time::timeout(wait, self.sub.next()).await {
+                Err(_) => return Delivery::Idle,
+                Ok(next) => next,
+            },
+        };
+        let Some(msg) = next else {
+            return Delivery::Ended("subscription closed".to_owned());
         };
         match msg.status {
             None | Some(StatusCode::OK) => Delivery::Data(msg),

@@ -34,6 +34,7 @@ mod connection;
 mod consumer;
 mod decode;
 mod error;
+mod outbox;
 mod scan;
 mod store;
 mod watch;

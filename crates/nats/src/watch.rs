@@ -1,7 +1,10 @@
 //! Watches (N7) with the live floor guard (N8).
 
+use core::fmt;
+use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_nats::Message;
@@ -13,7 +16,6 @@ use slipstream_protocol::{
     FloorVerdict, cursor_beyond_log, floor_verdict, gap_needs_floor_check, resume_start_sequence,
     resume_window_ok,
 };
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -23,32 +25,45 @@ use crate::bucket::{names_start_problem, retention_of};
 use crate::consumer::{ConsumerRequest, Delivery, PushConsumer, StartPolicy, filter_subjects};
 use crate::decode::to_update;
 use crate::error::NatsError;
+use crate::outbox::{Item, Outbox};
 use crate::store::NatsBucket;
 
-/// How many events a watch buffers ahead of its reader. A full buffer stops
-/// reading the inbox, and flow control then pauses the server.
-const BUFFER: usize = 256;
-
-type Item = Result<WatchEvent, KvError>;
+type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A running watch: `Update`s in revision order, one `CaughtUp`, and an
 /// error item (after which the stream ends) when the watch cannot go on.
 /// Dropping it deletes the server-side consumer in the background.
-#[derive(Debug)]
+///
+/// The consumer loop runs inside `poll_next`, on the reader's task (which
+/// must run on a Tokio runtime): it reads the inbox, answers flow control
+/// and probes the floor only while the watch is polled, as an async-nats
+/// watcher does, and queues up to 256 events ahead of the reader. A reader
+/// that pauses holds the server back through flow control.
 pub struct NatsWatch {
-    rx: mpsc::Receiver<Item>,
-    // Keeps a watch of nothing open: it has caught up and never ends.
-    _nothing: Option<mpsc::Sender<Item>>,
+    /// Events taken from the outbox, handed out first.
+    ready: VecDeque<Item>,
+    outbox: Outbox,
+    /// `None` once the consumer loop ended; the stream ends when `ready`
+    /// and the outbox are empty too.
+    driver: Option<Driver>,
+}
+
+impl fmt::Debug for NatsWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsWatch")
+            .field("ready", &self.ready.len())
+            .field("running", &self.driver.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl NatsWatch {
     fn nothing() -> Self {
-        let (tx, rx) = mpsc::channel(1);
-        // A fresh channel of capacity 1 always has room.
-        let _ = tx.try_send(Ok(WatchEvent::CaughtUp));
+        // A watch of nothing: caught up at once, then open for good.
         Self {
-            rx,
-            _nothing: Some(tx),
+            ready: VecDeque::from([Ok(WatchEvent::CaughtUp)]),
+            outbox: Outbox::default(),
+            driver: Some(Box::pin(core::future::pending())),
         }
     }
 }
@@ -57,7 +72,29 @@ impl Stream for NatsWatch {
     type Item = Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-        self.rx.poll_recv(cx)
+        let this = &mut *self;
+        loop {
+            if let Some(item) = this.ready.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            if this.outbox.take_into(&mut this.ready) {
+                continue;
+            }
+            let Some(driver) = this.driver.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match driver.as_mut().poll(cx) {
+                Poll::Ready(()) => this.driver = None,
+                // Pending with events queued means the outbox filled up.
+                // Pending with none means the driver waits on the inbox, a
+                // timer or a server request, which wake this task.
+                Poll::Pending => {
+                    if !this.outbox.take_into(&mut this.ready) {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -194,7 +231,7 @@ impl KvWatcher for NatsBucket {
                 (consumer, identity, Some(rank))
             }
         };
-        let (tx, rx) = mpsc::channel(BUFFER);
+        let outbox = Outbox::default();
         let task = WatchTask {
             bucket: self.clone(),
             floor_guard: scope.is_all() && frontier.is_some(),
@@ -203,11 +240,14 @@ impl KvWatcher for NatsBucket {
             frontier,
             expected_cseq: 1,
             catch_up: Some(consumer.initial_pending),
-            tx,
+            out: outbox.clone(),
         };
         debug!(consumer = consumer.name(), ?scope, "watch started");
-        tokio::spawn(task.run(consumer));
-        Ok(NatsWatch { rx, _nothing: None })
+        Ok(NatsWatch {
+            ready: VecDeque::with_capacity(crate::outbox::BUFFER),
+            outbox,
+            driver: Some(Box::pin(task.run(consumer))),
+        })
     }
 
     async fn retention(&self) -> Result<Retention, KvError> {
@@ -216,7 +256,6 @@ impl KvWatcher for NatsBucket {
 }
 
 enum Step {
-    Stop,
     Probe,
     Got(Delivery),
 }
@@ -237,7 +276,7 @@ struct WatchTask {
     expected_cseq: u64,
     /// Deliveries left before `CaughtUp`; `None` once it was sent.
     catch_up: Option<u64>,
-    tx: mpsc::Sender<Item>,
+    out: Outbox,
 }
 
 impl WatchTask {
@@ -245,22 +284,21 @@ impl WatchTask {
         let settings = self.bucket.inner.conn.settings.clone();
         let probe_every = settings.floor_probe_interval.max(Duration::from_millis(10));
         let mut probe = tokio::time::interval_at(Instant::now() + probe_every, probe_every);
-        // After a long send to a slow reader, one probe is enough.
+        // After a long pause of a slow reader, one probe is enough.
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stall_after = settings.idle_heartbeat.saturating_mul(3);
-        if !self.arm_catch_up(consumer.initial_pending).await {
-            consumer.delete().await;
-            return;
-        }
+        self.arm_catch_up(consumer.initial_pending).await;
         loop {
-            let step = tokio::select! {
-                biased;
-                () = self.tx.closed() => Step::Stop,
-                _ = probe.tick(), if self.floor_guard => Step::Probe,
-                d = consumer.next(stall_after) => Step::Got(d),
+            let step = if self.floor_guard {
+                tokio::select! {
+                    biased;
+                    _ = probe.tick() => Step::Probe,
+                    d = consumer.next(stall_after) => Step::Got(d),
+                }
+            } else {
+                Step::Got(consumer.next(stall_after).await)
             };
             let flow = match step {
-                Step::Stop => Flow::Stop,
                 Step::Probe => self.probe().await,
                 Step::Got(Delivery::Data(msg)) => self.on_message(msg).await,
                 Step::Got(
@@ -291,6 +329,9 @@ impl WatchTask {
             };
             match flow {
                 Flow::Continue => {}
+                // The error item is queued; dropping the consumer below
+                // deletes it in the background, so the reader sees the end
+                // without waiting for the server.
                 Flow::Stop => break,
                 Flow::Recreate(reason) => {
                     warn!(consumer = consumer.name(), %reason, "watch consumer lost; re-creating it");
@@ -299,34 +340,31 @@ impl WatchTask {
                     match self.recreate(settings.reconnect_budget).await {
                         Ok(next) => {
                             consumer = next;
-                            if !self.arm_catch_up(consumer.initial_pending).await {
-                                break;
-                            }
+                            self.arm_catch_up(consumer.initial_pending).await;
                         }
                         Err(e) => {
-                            let _ = self.tx.send(Err(e)).await;
+                            self.out.send(Err(e)).await;
                             return;
                         }
                     }
                 }
             }
         }
-        consumer.delete().await;
+        drop(consumer);
     }
 
     /// Reset the catch-up count for a fresh consumer; send `CaughtUp` when
-    /// nothing is pending. False when the reader is gone.
-    async fn arm_catch_up(&mut self, pending: u64) -> bool {
+    /// nothing is pending.
+    async fn arm_catch_up(&mut self, pending: u64) {
         self.expected_cseq = 1;
         if self.catch_up.is_none() {
-            return true;
+            return;
         }
         self.catch_up = Some(pending);
         if pending == 0 {
             self.catch_up = None;
-            return self.tx.send(Ok(WatchEvent::CaughtUp)).await.is_ok();
+            self.out.send(Ok(WatchEvent::CaughtUp)).await;
         }
-        true
     }
 
     async fn on_message(&mut self, msg: Message) -> Flow {
@@ -353,7 +391,7 @@ impl WatchTask {
                         }
                     }
                     Err(e) => {
-                        let _ = self.tx.send(Err(e)).await;
+                        self.out.send(Err(e)).await;
                         return Flow::Stop;
                     }
                 }
@@ -369,18 +407,14 @@ impl WatchTask {
             msg.payload,
             ack,
         );
-        if let Some(update) = update
-            && self.tx.send(Ok(WatchEvent::Update(update))).await.is_err()
-        {
-            return Flow::Stop;
+        if let Some(update) = update {
+            self.out.send(Ok(WatchEvent::Update(update))).await;
         }
         if let Some(left) = self.catch_up {
             let left = left.saturating_sub(1);
             if left == 0 || ack.pending == Some(0) {
                 self.catch_up = None;
-                if self.tx.send(Ok(WatchEvent::CaughtUp)).await.is_err() {
-                    return Flow::Stop;
-                }
+                self.out.send(Ok(WatchEvent::CaughtUp)).await;
             } else {
                 self.catch_up = Some(left);
             }
@@ -390,8 +424,7 @@ impl WatchTask {
 
     async fn fail_overrun(&self, frontier: u64, first_sequence: u64) -> Flow {
         warn!(frontier, first_sequence, "live watch overrun by retention");
-        let _ = self
-            .tx
+        self.out
             .send(Err(expired(ExpiryReason::FloorOverrun {
                 frontier,
                 first_sequence,
@@ -517,5 +550,69 @@ mod tests {
         assert_eq!(w.next().await, Some(Ok(WatchEvent::CaughtUp)));
         let more = tokio::time::timeout(Duration::from_millis(20), w.next()).await;
         assert!(more.is_err(), "a watch of nothing must not end or deliver");
+    }
+
+    fn put(revision: u64) -> Item {
+        Ok(WatchEvent::Update(slipstream_kv::KvUpdate::Put(
+            slipstream_kv::KvEntry {
+                key: format!("k{revision}"),
+                value: bytes::Bytes::new(),
+                version: slipstream_kv::VersionToken::from_u64(revision),
+                created: None,
+            },
+        )))
+    }
+
+    fn driven_by(outbox: Outbox, driver: impl Future<Output = ()> + Send + 'static) -> NatsWatch {
+        NatsWatch {
+            ready: VecDeque::new(),
+            outbox,
+            driver: Some(Box::pin(driver)),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_pass_a_full_outbox_in_order_and_the_stream_ends_after_the_error() {
+        use futures::StreamExt;
+        let outbox = Outbox::default();
+        let out = outbox.clone();
+        let total = 3 * crate::outbox::BUFFER as u64 + 7;
+        let w = driven_by(outbox, async move {
+            for revision in 1..=total {
+                out.send(put(revision)).await;
+            }
+            out.send(Err(KvError::Watch("gone".into()))).await;
+        });
+        let items: Vec<Item> = w.collect().await;
+        let expected: Vec<Item> = (1..=total)
+            .map(put)
+            .chain([Err(KvError::Watch("gone".into()))])
+            .collect();
+        assert_eq!(items, expected);
+    }
+
+    #[tokio::test]
+    async fn a_driver_waiting_on_the_server_wakes_the_reader() {
+        use futures::StreamExt;
+        let (waiting_tx, waiting) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = tokio::sync::oneshot::channel::<u64>();
+        let outbox = Outbox::default();
+        let out = outbox.clone();
+        let mut w = driven_by(outbox, async move {
+            let _ = waiting_tx.send(());
+            if let Ok(revision) = rx.await {
+                out.send(put(revision)).await;
+            }
+            core::future::pending::<()>().await;
+        });
+        let reader = tokio::spawn(async move { w.next().await });
+        // The reader's poll has reached the wait (and returned Pending).
+        waiting.await.unwrap();
+        tx.send(9).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the reader was not woken")
+            .unwrap();
+        assert_eq!(got, Some(put(9)));
     }
 }
