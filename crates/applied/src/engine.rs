@@ -189,7 +189,7 @@ where
         self.reporter.phase(Phase::Starting);
         self.reporter.applied(self.committed.revision());
         // Not caught up yet: the start's read only seeds the status and memo.
-        self.refresh_retention().await?;
+        self.refresh_retention(false).await?;
         if self.applied.revision().is_none()
             && self.cursorless_start().await? == AfterExpiry::Shutdown
         {
@@ -368,7 +368,7 @@ where
                 Event::Export(Some(request)) => self.serve_export(request).await?,
                 Event::WindowElapsed | Event::RetryCommit => self.flush().await?,
                 Event::RefreshStatus => {
-                    let overrun = self.refresh_retention().await?;
+                    let overrun = self.refresh_retention(self.reporter.is_ready()).await?;
                     refresh.as_mut().reset(Instant::now() + every);
                     if let Some(reason) = overrun {
                         return Ok(StreamEnd::Expired(reason));
@@ -408,6 +408,11 @@ where
                 self.flush().await?;
                 // `Ready` comes with the caught-up cursor committed.
                 self.settle().await?;
+                // A state-sync skips what the head passes mid-listing and
+                // still catches up: check at once, not at the next refresh.
+                if let Some(reason) = self.refresh_retention(true).await? {
+                    return Ok(Some(StreamEnd::Expired(reason)));
+                }
                 self.reporter.phase(Phase::Ready);
                 Ok(None)
             }
@@ -630,7 +635,12 @@ where
     /// the backend's floor guard (K4) only looks when a delivery arrives,
     /// so head eviction that passes an idle or caught-up state-sync watch
     /// would otherwise go unnoticed. Returns the overrun, if any.
-    async fn refresh_retention(&mut self) -> Result<Option<ExpiryReason>, AppliedError> {
+    /// `caught_up` says whether the watch has caught up (the frontier is
+    /// then where the log must still reach).
+    async fn refresh_retention(
+        &mut self,
+        caught_up: bool,
+    ) -> Result<Option<ExpiryReason>, AppliedError> {
         let bound = self.config.timeouts.retention;
         match tokio::time::timeout(bound, self.watcher.retention()).await {
             Ok(Ok(retention)) => {
@@ -641,7 +651,7 @@ where
                     next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r));
                 if let Some(frontier) = frontier
                     && self.config.scope.is_all()
-                    && self.reporter.is_ready()
+                    && caught_up
                     && !resume_window_ok(frontier, retention.first_revision)
                 {
                     return Ok(Some(ExpiryReason::FloorOverrun {

@@ -173,6 +173,8 @@ where
                 self.reporter().repair("relist_only");
                 if replaced {
                     self.restart_cursor(retention).await?;
+                } else {
+                    self.floor_cursor(retention);
                 }
                 self.relist_next = true;
                 Ok(AfterExpiry::Rewatch)
@@ -187,11 +189,29 @@ where
             RepairPlan::Restore => self.restore(cause, retention).await,
             RepairPlan::Relist => {
                 let after = self.relist(cause).await?;
-                if after == AfterExpiry::Rewatch && replaced {
-                    self.restart_cursor(retention).await?;
+                if after == AfterExpiry::Rewatch {
+                    if replaced {
+                        self.restart_cursor(retention).await?;
+                    } else {
+                        self.floor_cursor(retention);
+                    }
                 }
                 Ok(after)
             }
+        }
+    }
+
+    /// A relist stands for everything below the head it was planned on
+    /// (`retention` is read before its listing opens): what left the log
+    /// before that is what the listing no longer shows. Without this, the
+    /// listing of an emptied stream delivers nothing, the cursor stays
+    /// behind the head, and K1 fails again at the state-sync's `CaughtUp`.
+    /// Every later delivery is at or past that head, so none is taken for
+    /// a replay (K5).
+    fn floor_cursor(&mut self, retention: &Retention) {
+        let floor = retention.first_revision.saturating_sub(1);
+        if floor > 0 && self.applied.revision().is_none_or(|r| r < floor) {
+            self.applied = self.applied.advanced(floor, None);
         }
     }
 

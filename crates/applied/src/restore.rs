@@ -113,7 +113,11 @@ where
         if let Some(refusal) = self.check_manifest(&imported_manifest, local, retention) {
             return Err(self.refused(cause, refusal));
         }
-        let replaced = cause.replaces_bucket();
+        // A fold without a revision holds only what earlier repairs left
+        // (a live watch would have given it one), possibly from another
+        // incarnation: its revisions are no more comparable than a
+        // recreated bucket's.
+        let replaced = cause.replaces_bucket() || self.applied.revision().is_none();
         let Some((fold_len, candidates, artifact)) = self.keys_artifact_lacks(artifact).await?
         else {
             return Ok(AfterExpiry::Shutdown);

@@ -711,3 +711,80 @@ async fn an_unusable_scratch_dir_fails_the_relist_with_its_path_and_leaves_the_f
     assert_eq!(fold_of(&store), before, "the fold stays as committed");
     assert_eq!(store.cursor().revision(), Some(4));
 }
+
+/// Purges the whole stream right after the first state-sync's first
+/// delivery, as head eviction passing a listing in progress would.
+struct PurgeMidListing {
+    inner: MemoryStore,
+    server: MemoryServer,
+    below: u64,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    listings: AtomicUsize,
+}
+
+impl KvWatcher for PurgeMidListing {
+    type WatchStream = futures::stream::BoxStream<'static, Result<WatchEvent, KvError>>;
+
+    async fn watch(
+        &self,
+        scope: &WatchScope,
+        start: WatchStart,
+    ) -> Result<Self::WatchStream, KvError> {
+        use futures::StreamExt;
+        let relist = start == WatchStart::Relist;
+        if relist {
+            let listings = self.listings.fetch_add(1, Ordering::SeqCst) + 1;
+            assert!(listings <= 4, "a repair loop: {listings} listings");
+        }
+        let stream = self.inner.watch(scope, start.clone()).await?;
+        let (server, below, armed) = (self.server.clone(), self.below, Arc::clone(&self.armed));
+        Ok(stream
+            .inspect(move |item| {
+                if relist
+                    && matches!(item, Ok(WatchEvent::Update(_)))
+                    && armed.swap(false, Ordering::SeqCst)
+                {
+                    server.bucket("cfg").purge_below(below).unwrap();
+                }
+            })
+            .boxed())
+    }
+
+    async fn retention(&self) -> Result<Retention, KvError> {
+        self.inner.retention().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn head_eviction_passing_a_listing_in_progress_is_repaired_at_its_caught_up() {
+    let work = tempfile::tempdir().unwrap();
+    let (server, kv) = bucket().await;
+    put(&kv, "a", "v1").await; // 1
+    put(&kv, "b", "v1").await; // 2
+    let last = put(&kv, "c", "v1").await; // 3
+    let watcher = PurgeMidListing {
+        inner: kv.clone(),
+        server: server.clone(),
+        below: last + 1,
+        armed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        listings: AtomicUsize::new(0),
+    };
+    let (_, store) = open_store(&work.path().join("node"), &FaultPlan::new());
+    // The fresh node's listing delivers `a`, then the head passes `b` and
+    // `c`: the watch catches up at 1 with the stream empty from 4 on. K1 at
+    // its `CaughtUp` sends it to a relist, which leaves the cursor at the
+    // head it was planned on: no repair loop on the empty stream.
+    let app = App::new();
+    let mut run = start(watcher, store, &app, |c| {
+        c.on_expiry(OnExpiry::Repair(RepairMode::Relist))
+            .mass_delete(MassDeletePolicy::Allow)
+    });
+    let ready = wait_status(&mut run.status, WatchStatus::is_ready).await;
+    assert_eq!(ready.applied, Some(last), "ready only at the head");
+    assert_eq!(truth(&kv).await, Fold::new(), "the bucket lists nothing");
+    let d = put(&kv, "d", "v1").await; // 4
+    let store = run_to(run, d).await;
+    let mut expected = Fold::new();
+    expected.insert("d".into(), (Bytes::from_static(b"v1"), Some(d)));
+    assert_eq!(fold_of(&store), expected, "`a` is gone, the delta follows");
+}

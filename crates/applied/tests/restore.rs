@@ -739,3 +739,51 @@ async fn a_recreated_evicting_bucket_restores_only_from_an_artifact_of_the_new_i
     expected.insert("y".into(), (Bytes::from_static(b"new"), Some(3)));
     assert_eq!(fold_of(&store), expected);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cursorless_fold_left_by_an_interrupted_restore_takes_the_artifact_whatever_its_revisions()
+ {
+    let work = tempfile::tempdir().unwrap();
+    let artifacts = work.path().join("artifacts");
+    let server = MemoryServer::with_clock(ManualClock::new());
+    let kv = bucket_with(&server, StoreConfig::new("cfg").max_age(HOUR)).await;
+    put(&kv, "a", "new").await; // 1
+    put(&kv, "b", "new").await; // 2
+    let exported = export_from(&kv, work.path(), &artifacts, "at-2", 2).await;
+    server.clock().advance(2 * HOUR);
+    let last = put(&kv, "c", "new").await; // 3
+    // What a restore from a deleted incarnation's artifact leaves when the
+    // node crashes before its last commit: the chunks, and no revision.
+    // Their revisions are higher than the new bucket's.
+    let (_, mut store) = open_store(&work.path().join("node"), &FaultPlan::new());
+    let old = |key: &str, revision| {
+        slipstream_kv::KvUpdate::Put(slipstream_kv::KvEntry {
+            key: key.into(),
+            value: Bytes::from_static(b"old"),
+            version: slipstream_kv::VersionToken::from_u64(revision),
+            created: None,
+        })
+    };
+    store
+        .apply(
+            &[old("a", 7), old("b", 8), old("gone", 9)],
+            &slipstream_kv::WatchCursor::none(),
+        )
+        .unwrap();
+    let allow: Tune = {
+        let source = LocalArtifacts::new(&artifacts);
+        Box::new(move |c| {
+            c.on_expiry(OnExpiry::Repair(RepairMode::Auto))
+                .restore_from(source)
+                .mass_delete(MassDeletePolicy::Allow)
+        })
+    };
+    let store = run_to(start(kv.watcher(), store, &App::new(), allow), last).await;
+    let mut expected = exported;
+    expected.insert("c".into(), (Bytes::from_static(b"new"), Some(3)));
+    assert_eq!(
+        fold_of(&store),
+        expected,
+        "no old entry outranks the artifact"
+    );
+}

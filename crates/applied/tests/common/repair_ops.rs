@@ -134,6 +134,9 @@ impl<B: Backend> World<B> {
                     self.shelter(node).await;
                 }
                 self.server.clock().advance(by);
+                // Noted before the node runs on: a listing it opens next
+                // comes after this eviction.
+                self.note_evictions();
                 let secs = self.rng.random_range(1..15);
                 tokio::time::advance(Duration::from_secs(secs)).await;
             }

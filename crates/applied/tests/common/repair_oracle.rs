@@ -81,7 +81,11 @@ impl<B: Backend> World<B> {
     ///   and an artifact at or past it exists (a restore's chunks, committed
     ///   with the old cursor; the last commit moves it);
     /// - the entry is exactly a write of an older incarnation (a repair
-    ///   after a recreation has not replaced it yet).
+    ///   after a recreation has not replaced it yet);
+    /// - the cursor is of an older incarnation and the key is missing, or
+    ///   is exactly a newer incarnation's write an artifact holds (a repair
+    ///   after a recreation, its deletes and chunks committed with the old
+    ///   cursor).
     pub(crate) fn check_prefix(&self, fold: &Fold, cursor: &WatchCursor, what: &str) {
         let at = cursor
             .identity()
@@ -104,8 +108,16 @@ impl<B: Backend> World<B> {
             if have == want {
                 continue;
             }
+            let replaced = at + 1 < self.incs.len();
             if let Some((value, Some(rev))) = have {
                 if self.incs[..at].iter().any(|i| i.log.has(key, *rev, value)) {
+                    continue;
+                }
+                if replaced
+                    && self.incs[at + 1..].iter().any(|i| {
+                        i.log.has(key, *rev, value) && i.artifact_max.is_some_and(|a| a >= *rev)
+                    })
+                {
                     continue;
                 }
                 if c.is_none_or(|c| *rev > c) {
@@ -117,7 +129,7 @@ impl<B: Backend> World<B> {
                     continue;
                 }
             }
-            if inc.log.changed_after(key, c) {
+            if inc.log.changed_after(key, c) || (replaced && have.is_none()) {
                 continue;
             }
             let vanished = inc

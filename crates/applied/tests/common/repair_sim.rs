@@ -91,13 +91,18 @@ pub(crate) enum Kind {
     Aged,
 }
 
-/// A watcher counting completed listings (state-sync watches that
-/// reached `CaughtUp`): every relist, every fresh start, every restore's
-/// liveness check.
+/// A watcher counting listings (state-sync watches): every relist, every
+/// fresh start, every restore's liveness check. `listings` counts them
+/// opened, `caught_up` counts them reaching `CaughtUp`. A key that leaves
+/// the bucket may be missing from a fold read by a listing opened after it
+/// left (one cut off after delivering the stream's tail is followed by a
+/// delta resume, no `CaughtUp` ever comes), or by one still running when
+/// it left.
 #[derive(Clone)]
 pub(crate) struct Counted {
     inner: MemoryStore,
     listings: Arc<AtomicU64>,
+    caught_up: Arc<AtomicU64>,
     /// Whether the last watch opened is a state-sync.
     state_sync: Arc<AtomicBool>,
 }
@@ -113,11 +118,14 @@ impl KvWatcher for Counted {
         let relist = start == WatchStart::Relist;
         self.state_sync.store(relist, Ordering::SeqCst);
         let stream = self.inner.watch(scope, start).await?;
-        let listings = Arc::clone(&self.listings);
+        if relist {
+            self.listings.fetch_add(1, Ordering::SeqCst);
+        }
+        let caught_up = Arc::clone(&self.caught_up);
         Ok(stream
             .inspect(move |item| {
                 if relist && matches!(item, Ok(WatchEvent::CaughtUp)) {
-                    listings.fetch_add(1, Ordering::SeqCst);
+                    caught_up.fetch_add(1, Ordering::SeqCst);
                 }
             })
             .boxed())
@@ -201,6 +209,7 @@ pub(crate) struct World<B: Backend> {
     pub(crate) mass: MassDeletePolicy,
     pub(crate) relist_memory: usize,
     pub(crate) listings: Arc<AtomicU64>,
+    pub(crate) caught_up: Arc<AtomicU64>,
     pub(crate) state_sync: Arc<AtomicBool>,
     /// Which known gap the schedule does not work around.
     pub(crate) expose: Expose,
@@ -271,6 +280,7 @@ impl<B: Backend> World<B> {
             mass,
             relist_memory,
             listings: Arc::default(),
+            caught_up: Arc::default(),
             state_sync: Arc::default(),
             expose: Expose::Nothing,
             source: Artifacts {
@@ -329,18 +339,22 @@ impl<B: Backend> World<B> {
         self.retained().last().copied()
     }
 
-    /// Listings completed plus artifacts fetched by the node so far.
+    /// Listings opened or caught up, plus artifacts fetched, so far.
     pub(crate) fn repairs(&self) -> u64 {
-        self.listings.load(Ordering::SeqCst) + self.source.fetches.load(Ordering::SeqCst)
+        self.listings.load(Ordering::SeqCst)
+            + self.caught_up.load(Ordering::SeqCst)
+            + self.source.fetches.load(Ordering::SeqCst)
     }
 
     pub(crate) fn trace(&self, what: &str) {
         if self.trace {
             let info = self.admin_info();
             eprintln!(
-                "  {what} (first {} last {} committed {:?})",
+                "  {what} (first {} last {} listings {}/{} committed {:?})",
                 info.first_sequence,
                 info.last_sequence,
+                self.listings.load(Ordering::SeqCst),
+                self.caught_up.load(Ordering::SeqCst),
                 self.commits
                     .lock()
                     .unwrap()
@@ -385,6 +399,7 @@ impl<B: Backend> World<B> {
         let (cursor, store) = open_faulty(&self.node_dir, &options);
         self.stores_opened += 1;
         self.check_prefix(&fold_of(&store), &cursor, "reopen");
+        let from = (cursor.revision(), fold_of(&store).len());
         // A restarted application loads its state from the store. Entries
         // of an older bucket incarnation carry revisions of a sequence that
         // restarted: the application compares nothing against them.
@@ -436,12 +451,16 @@ impl<B: Backend> World<B> {
         let watcher = Counted {
             inner: self.kv.clone(),
             listings: Arc::clone(&self.listings),
+            caught_up: Arc::clone(&self.caught_up),
             state_sync: Arc::clone(&self.state_sync),
         };
         let watch = AppliedWatch::new(watcher, config);
         let status = watch.status();
         let task = tokio::spawn(watch.run(self.app.handlers()));
-        self.trace(&format!("boot {:?}", self.mode));
+        self.trace(&format!(
+            "boot {:?} from {:?} with {} keys",
+            self.mode, from.0, from.1
+        ));
         Node {
             task,
             token,
@@ -619,6 +638,19 @@ impl<B: Backend> World<B> {
         assert_eq!(store.cursor(), &stopped.cursor);
         self.note_evictions();
         let fold = fold_of(&store);
+        self.trace(&format!(
+            "end: fold {fold:?} log {:?} retained {:?} cursor {:?} parsed {:?} commits {:?}",
+            self.cur().log.0,
+            self.retained(),
+            stopped.cursor,
+            self.app.seen().parsed,
+            self.commits
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|c| c.revision())
+                .collect::<Vec<_>>()
+        ));
         self.check_converged(&fold, &stopped.cursor, "store");
         assert_eq!(
             self.app.seen().fold,
@@ -771,6 +803,15 @@ pub fn run_seed<B: Backend>(seed: u64, expose: Expose) {
         }
     }
     let report = Report(seed, std::any::type_name::<B>());
+    // With tracing on, the engine's own decisions interleave with the trace.
+    let _subscriber = std::env::var_os("SLIPSTREAM_DST_TRACE").map(|_| {
+        tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_test_writer()
+                .finish(),
+        )
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
