@@ -647,10 +647,12 @@ where
                 self.reporter.stream_last(retention.last_revision);
                 self.note_eviction(&retention).await?;
                 self.identity = Some(retention.identity);
+                // No position yet is position 0: a listing that found the
+                // stream emptied after its start was planned lost what left.
                 let frontier =
-                    next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r));
-                if let Some(frontier) = frontier
-                    && self.config.scope.is_all()
+                    next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r))
+                        .unwrap_or(0);
+                if self.config.scope.is_all()
                     && caught_up
                     && !resume_window_ok(frontier, retention.first_revision)
                 {

@@ -119,6 +119,13 @@ where
     /// watching; `Rewatch` means "go on and watch".
     pub(crate) async fn cursorless_start(&mut self) -> Result<AfterExpiry, AppliedError> {
         let OnExpiry::Repair(mode) = self.config.on_expiry else {
+            // Nothing to plan, but the floor still applies; without a
+            // retention read the state-sync starts from nothing, as before.
+            let bound = self.config.timeouts.retention;
+            if let Ok(Ok(retention)) = tokio::time::timeout(bound, self.watcher.retention()).await {
+                self.floor_cursor(&retention);
+                self.relist_next = true;
+            }
             return Ok(AfterExpiry::Rewatch);
         };
         let retention = self.read_retention().await?;
@@ -129,6 +136,10 @@ where
         );
         let has_data = self.fold_has_data().await?;
         if !cursorless_start_needs_repair(mode, has_data, Some(truth)) {
+            // The empty fold's state-sync stands for everything below the
+            // head, as a relist's does.
+            self.floor_cursor(&retention);
+            self.relist_next = true;
             return Ok(AfterExpiry::Rewatch);
         }
         self.reporter().phase(Phase::Repairing);
@@ -201,8 +212,9 @@ where
         }
     }
 
-    /// A relist stands for everything below the head it was planned on
-    /// (`retention` is read before its listing opens): what left the log
+    /// A relist (or a fresh node's state-sync) stands for everything below
+    /// the head it was planned on (`retention` is read before its listing
+    /// opens): what left the log
     /// before that is what the listing no longer shows. Without this, the
     /// listing of an emptied stream delivers nothing, the cursor stays
     /// behind the head, and K1 fails again at the state-sync's `CaughtUp`.
@@ -211,7 +223,12 @@ where
     fn floor_cursor(&mut self, retention: &Retention) {
         let floor = retention.first_revision.saturating_sub(1);
         if floor > 0 && self.applied.revision().is_none_or(|r| r < floor) {
-            self.applied = self.applied.advanced(floor, None);
+            // A position in the bucket as it is now, whatever incarnation a
+            // revisionless cursor last named.
+            self.applied = self
+                .applied
+                .advanced(floor, None)
+                .with_identity(retention.identity.clone());
         }
     }
 
