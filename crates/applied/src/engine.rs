@@ -10,7 +10,9 @@ use slipstream_kv::{
     BucketIdentity, ExpiryReason, KvError, KvUpdate, KvWatcher, Retention, Timestamp, WatchCursor,
     WatchEvent, WatchStart,
 };
-use slipstream_protocol::{is_replay, listing_is_truth, next_high_water, resume_window_ok};
+use slipstream_protocol::{
+    gap_needs_floor_check, is_replay, listing_is_truth, next_high_water, resume_window_ok,
+};
 use slipstream_snapshot::SnapshotError;
 use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle};
@@ -100,6 +102,10 @@ pub(crate) struct Engine<W, S, P, A, O, T> {
     /// The last cursor committed (with a store) and reported.
     committed: WatchCursor,
     identity: Option<BucketIdentity>,
+    /// Whether the last retention read said the bucket evicts current
+    /// values: only then is a gap in a caught-up watch checked against the
+    /// head, since elsewhere supersession alone moves the first sequence.
+    evicting: bool,
     /// The next watch is a state-sync (after a repair), whatever the cursor.
     pub(crate) relist_next: bool,
     /// The next watch resumes after this position instead of the applied
@@ -147,6 +153,7 @@ where
             applied: start.clone(),
             committed: start,
             identity: None,
+            evicting: false,
             relist_next: false,
             resume_at: None,
             pending: Pending::new(capacity),
@@ -417,6 +424,21 @@ where
                 Ok(None)
             }
             Some(Ok(WatchEvent::Update(update))) => {
+                // K4 on a caught-up All-scope watch of an evicting bucket: a
+                // backend guards its delta watches only, and a state-sync
+                // goes on live after its `CaughtUp`, where retention can
+                // pass it too.
+                let received =
+                    next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r));
+                if self.config.scope.is_all()
+                    && self.reporter.is_ready()
+                    && (self.evicting || self.applied.seen_evicting())
+                    && let (Some(frontier), Some(delivered)) = (received, update.revision())
+                    && gap_needs_floor_check(frontier, delivered)
+                    && let Some(reason) = self.refresh_retention(true).await?
+                {
+                    return Ok(Some(StreamEnd::Expired(reason)));
+                }
                 if self.receive(update) {
                     self.flush().await?;
                 }
@@ -647,6 +669,7 @@ where
                 self.reporter.stream_last(retention.last_revision);
                 self.note_eviction(&retention).await?;
                 self.identity = Some(retention.identity);
+                self.evicting = retention.evicts_current_values;
                 // No position yet is position 0: a listing that found the
                 // stream emptied after its start was planned lost what left.
                 let frontier =

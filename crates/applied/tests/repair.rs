@@ -788,3 +788,53 @@ async fn head_eviction_passing_a_listing_in_progress_is_repaired_at_its_caught_u
     expected.insert("d".into(), (Bytes::from_static(b"v1"), Some(d)));
     assert_eq!(fold_of(&store), expected, "`a` is gone, the delta follows");
 }
+
+#[tokio::test(start_paused = true)]
+async fn retention_passing_a_caught_up_state_sync_is_caught_at_the_next_delivery() {
+    let work = tempfile::tempdir().unwrap();
+    let (server, kv) = bucket().await;
+    let admin = server.bucket("cfg");
+    admin
+        .set_discard(slipstream_kv::DiscardPolicy::Old)
+        .unwrap();
+    admin.set_max_msgs(Some(3)).unwrap();
+    put(&kv, "a", "v1").await; // 1
+    put(&kv, "b", "v1").await; // 2
+    put(&kv, "c", "v1").await; // 3
+    let (_, store) = open_store(&work.path().join("node"), &FaultPlan::new());
+    let app = App::new();
+    let mut run = start(kv.watcher(), store, &app, repair(RepairMode::Relist));
+    // A fresh node: its state-sync catches up at 3 and goes on live.
+    wait_status(&mut run.status, |s| s.is_ready() && s.applied == Some(3)).await;
+    let before = {
+        let mut f = Fold::new();
+        for (k, r) in [("a", 1), ("b", 2), ("c", 3)] {
+            f.insert(k.into(), (Bytes::from_static(b"v1"), Some(r)));
+        }
+        f
+    };
+    // Before the node sees them, `a` is deleted (4) and three more writes
+    // push the delete out of the bucket: the next delivery (5) leaves a gap
+    // only the head explains. Folding on would keep `a` for good.
+    kv.writer().delete("a").await.unwrap(); // 4
+    for key in ["d", "e", "f"] {
+        put(&kv, key, "v1").await; // 5..=7
+    }
+    let finished = timeout(DEADLINE, run.task).await.unwrap().unwrap();
+    let error = finished.result.expect_err("the watch stops");
+    assert!(
+        matches!(
+            &error,
+            AppliedError::RelistRefused {
+                reason: RepairCause::Expired(ExpiryReason::FloorOverrun { frontier: 3, .. }),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        fold_of(&finished.store.unwrap()),
+        before,
+        "nothing past the gap"
+    );
+}
