@@ -10,10 +10,9 @@
 //! reopen and after every repair that legitimately stops the watch, which
 //! the schedule then answers with a fresh artifact or a fresh node.
 //!
-//! Injected commit failures are off by default (`SLIPSTREAM_DST_EXPOSE=store-failures`
-//! turns them on; 1,000 append-log schedules with them passed); the seeds
-//! that found the repair's store-failure gaps are replayed by the tests at
-//! the end.
+//! Commit failures are injected by default (`SLIPSTREAM_DST_EXPOSE=none`
+//! turns them off); the seeds that found the repair's store-failure gaps
+//! are replayed by the tests at the end.
 //!
 //! `SLIPSTREAM_DST_SCHEDULES=<n>` runs more schedules per store;
 //! `SLIPSTREAM_DST_SEED=<seed>` replays one (on every store);

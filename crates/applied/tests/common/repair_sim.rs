@@ -61,8 +61,8 @@ pub enum Expose {
     /// watches caught up before the head moves, a write before exporting
     /// an emptied stream, a restart for a lost cursor-only commit.
     Nothing,
-    /// Inject commit failures (a repair then scans a fold that lacks the
-    /// re-queued updates); lost cursor-only commits still get a restart.
+    /// Inject commit failures (the default run); lost cursor-only commits
+    /// still get a restart.
     StoreFailures,
     /// Inject commit failures, and no restart for a lost cursor-only
     /// commit.
@@ -838,17 +838,18 @@ pub fn run_seed<B: Backend>(seed: u64, expose: Expose) {
     drop(report);
 }
 
-/// Run the default number of schedules on `B`, or what the environment
-/// asks for (`SLIPSTREAM_DST_EXPOSE` = `store-failures`,
-/// `lost-cursor-commit`, `state-sync-overrun` or `empty-stream-bootstrap`
-/// runs them exposing that gap).
+/// Run the default number of schedules on `B` (with injected commit
+/// failures), or what the environment asks for (`SLIPSTREAM_DST_EXPOSE` =
+/// `none` runs them without failures; `lost-cursor-commit`,
+/// `state-sync-overrun` or `empty-stream-bootstrap` exposing that gap).
 pub fn run_schedules<B: Backend>() {
     let expose = match std::env::var("SLIPSTREAM_DST_EXPOSE").as_deref() {
         Ok("store-failures") => Expose::StoreFailures,
         Ok("lost-cursor-commit") => Expose::LostCursorCommit,
         Ok("state-sync-overrun") => Expose::StateSyncOverrun,
         Ok("empty-stream-bootstrap") => Expose::EmptyStreamBootstrap,
-        _ => Expose::Nothing,
+        Ok("none") => Expose::Nothing,
+        _ => Expose::StoreFailures,
     };
     if let Some(seed) = std::env::var("SLIPSTREAM_DST_SEED")
         .ok()
