@@ -11,7 +11,8 @@ use slipstream_kv::{
     WatchEvent, WatchStart,
 };
 use slipstream_protocol::{
-    gap_needs_floor_check, is_replay, listing_is_truth, next_high_water, resume_window_ok,
+    cursor_beyond_log, gap_needs_floor_check, is_replay, listing_is_truth, next_high_water,
+    resume_window_ok,
 };
 use slipstream_snapshot::SnapshotError;
 use tokio::sync::watch;
@@ -212,6 +213,7 @@ where
                 (None, Some(_)) if !self.relist_next => WatchStart::After(self.applied.clone()),
                 _ => WatchStart::Relist,
             };
+            let before = self.identity.clone();
             let stream = match self.open_watch(&shutdown, start).await? {
                 Opened::Stream(s) => {
                     attempt = 0;
@@ -234,6 +236,10 @@ where
                     continue;
                 }
             };
+            if self.straddles_recreation(before.as_ref()).await {
+                drop(stream);
+                continue;
+            }
             // A cursor without a revision holds no position in any
             // incarnation: it takes the bucket's identity as it is now.
             if let Some(id) = &self.identity
@@ -668,8 +674,25 @@ where
             Ok(Ok(retention)) => {
                 self.reporter.stream_last(retention.last_revision);
                 self.note_eviction(&retention).await?;
-                self.identity = Some(retention.identity);
-                self.evicting = retention.evicts_current_values;
+                self.observed(&retention);
+                // R7 under a running watch: the bucket was deleted and
+                // created again, which a live consumer need not notice.
+                if caught_up && let Some(revision) = self.applied.revision() {
+                    if let Some(expected) = self.applied.identity()
+                        && *expected != retention.identity
+                    {
+                        return Ok(Some(ExpiryReason::IdentityChanged {
+                            expected: expected.clone(),
+                            found: retention.identity,
+                        }));
+                    }
+                    if cursor_beyond_log(revision, retention.last_revision) {
+                        return Ok(Some(ExpiryReason::BeyondLastSequence {
+                            revision,
+                            last_sequence: retention.last_revision,
+                        }));
+                    }
+                }
                 // No position yet is position 0: a listing that found the
                 // stream emptied after its start was planned lost what left.
                 let frontier =
@@ -693,6 +716,32 @@ where
             }
         }
         Ok(None)
+    }
+
+    /// A cursor without a revision takes its identity from the watch just
+    /// opened (below), so read the identity again after the open: if it is
+    /// not the one known before, the bucket may have been recreated around
+    /// the open, and the watch is opened again. A failed read changes
+    /// nothing.
+    async fn straddles_recreation(&mut self, before: Option<&BucketIdentity>) -> bool {
+        if self.applied.revision().is_some() {
+            return false;
+        }
+        let bound = self.config.timeouts.retention;
+        let Ok(Ok(retention)) = tokio::time::timeout(bound, self.watcher.retention()).await else {
+            return false;
+        };
+        let changed = before != Some(&retention.identity);
+        self.observed(&retention);
+        changed
+    }
+
+    /// Take what a retention read says about the bucket as it is now: its
+    /// identity (a revisionless cursor takes it at the next watch) and
+    /// whether it evicts current values.
+    pub(crate) fn observed(&mut self, retention: &Retention) {
+        self.identity = Some(retention.identity.clone());
+        self.evicting = retention.evicts_current_values;
     }
 
     /// R5: the first time retention is seen to have evicted current values

@@ -277,7 +277,10 @@ where
     async fn read_retention(&mut self) -> Result<Retention, AppliedError> {
         let bound = self.config.timeouts.retention;
         match tokio::time::timeout(bound, self.watcher.retention()).await {
-            Ok(Ok(retention)) => Ok(retention),
+            Ok(Ok(retention)) => {
+                self.observed(&retention);
+                Ok(retention)
+            }
             Ok(Err(source)) => Err(AppliedError::RepairFailed {
                 stage: "reading retention",
                 source,

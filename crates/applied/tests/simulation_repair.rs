@@ -2,7 +2,8 @@
 //! K1, K6–K11, K14): seeded schedules of writes, deletes, crashes and
 //! watch failures, plus head eviction (stream purges, `max_msgs` with
 //! discard-old, `max_age` ageing on the simulator's clock), purges of
-//! delete markers, bucket recreation, and artifacts exported mid-run (by
+//! delete markers, bucket recreation (under a running node or a stopped
+//! one), and artifacts exported mid-run (by
 //! fresh exporter nodes and by the node itself) used as restore sources.
 //! The repair mode is drawn per schedule (mostly Auto; Relist, Restore),
 //! and so is the mass-delete guard (mostly Allow). Runs on the append-log,
@@ -107,6 +108,18 @@ fn a_relist_after_a_failed_commit_keeps_a_key_the_bucket_no_longer_lists() {
 #[test]
 fn a_failed_cursor_only_commit_is_never_retried() {
     replay(107, Expose::LostCursorCommit, 1);
+}
+
+/// The bucket is deleted and created again under a running node. Its
+/// state-sync opened just after the recreation took the identity the
+/// engine knew from before it (seed 120: its fold then held the new
+/// bucket's write under the old bucket's cursor); a relist's restarted
+/// cursor took that stale identity back (seed 68); and a live watch on the
+/// new bucket kept a cursor of the old one, past the new bucket's end.
+#[test]
+fn a_bucket_recreated_under_a_running_node_is_noticed_and_its_cursor_names_the_new_one() {
+    replay(68, Expose::StoreFailures, 5);
+    replay(120, Expose::StoreFailures, 5);
 }
 
 // Known gap, replayed with `SLIPSTREAM_DST_SEED=<seed>

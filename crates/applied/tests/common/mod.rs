@@ -400,7 +400,8 @@ impl KvWatcher for ScriptedWatcher {
         Ok(Retention {
             evicts_current_values: false,
             first_revision: 1,
-            last_revision: 0,
+            // A script's end is not known up front: no revision is past it.
+            last_revision: u64::MAX,
             identity: BucketIdentity {
                 stream: "KV_scripted".into(),
                 created: Timestamp::from_unix_nanos(1),

@@ -234,11 +234,19 @@ impl<B: Backend> World<B> {
     }
 
     /// Delete the bucket and create it again with the same configuration
-    /// (c). The node is taken down first; it meets the new incarnation on
-    /// its next start. Later artifacts go to a directory of their own.
-    pub(crate) async fn recreate(&mut self, node: Option<Node<B>>) {
-        if let Some(node) = node {
+    /// (c). Half the time the node is taken down first and meets the new
+    /// incarnation on its next start. Later artifacts go to a directory of
+    /// their own.
+    pub(crate) async fn recreate(&mut self, node: &mut Option<Node<B>>) {
+        // Half the time the node stays up across it: its running watch
+        // meets the deleted bucket, then the new one.
+        if self.rng.random_bool(0.5)
+            && let Some(node) = node.take()
+        {
             self.crash(node).await;
+        } else if node.is_some() {
+            // Its cursor restarts in the new incarnation: not a step back.
+            self.runs.last_mut().unwrap().current = false;
         }
         let retained = self.retained();
         self.cur_mut().final_retained = Some(retained);

@@ -209,7 +209,11 @@ impl<B: Backend> World<B> {
                 // revision below the cursor; after a recreation the cursor
                 // restarts.
                 let restored = run.fetches.1 > run.fetches.0 && v.starts_with("batch ");
-                let restarted = !run.current && v.starts_with("cursor went back");
+                // (or, the node up across it, a key's revision restarts).
+                let restarted = !run.current
+                    && (v.starts_with("cursor went back")
+                        || v.starts_with("batch ")
+                        || (v.starts_with("key ") && v.contains(" moved back to ")));
                 assert!(restored || restarted, "O3 in run {i}: {v}");
             }
             let parsed = &seen.parsed[run.parsed.0..run.parsed.1];

@@ -142,6 +142,9 @@ impl KvWatcher for Counted {
 pub(crate) struct Artifacts {
     pub(crate) current: Arc<Mutex<LocalArtifacts>>,
     pub(crate) fetches: Arc<AtomicU64>,
+    /// The directory the last `newest` looked in: a recreation between it
+    /// and the `fetch` (the node up across it) must not move the fetch.
+    pub(crate) asked: Arc<Mutex<Option<LocalArtifacts>>>,
 }
 
 impl Artifacts {
@@ -153,6 +156,7 @@ impl Artifacts {
 impl RestoreSource for Artifacts {
     fn newest(&self) -> BoxFuture<'_, Result<Option<ArtifactManifest>, SourceError>> {
         let source = self.source();
+        *self.asked.lock().unwrap() = Some(source.clone());
         Box::pin(async move { source.newest().await })
     }
 
@@ -162,7 +166,8 @@ impl RestoreSource for Artifacts {
         scratch: &'a Path,
     ) -> BoxFuture<'a, Result<PathBuf, SourceError>> {
         self.fetches.fetch_add(1, Ordering::SeqCst);
-        let source = self.source();
+        let asked = self.asked.lock().unwrap().clone();
+        let source = asked.unwrap_or_else(|| self.source());
         Box::pin(async move { source.fetch(manifest, scratch).await })
     }
 }
@@ -286,6 +291,7 @@ impl<B: Backend> World<B> {
             source: Artifacts {
                 current: Arc::new(Mutex::new(LocalArtifacts::new(&artifacts))),
                 fetches: Arc::default(),
+                asked: Arc::default(),
             },
             evicted: BTreeMap::new(),
             runs: Vec::new(),
@@ -794,7 +800,7 @@ async fn schedule<B: Backend>(seed: u64, expose: Expose) {
                 }
             }
             83..85 => {
-                w.recreate(node.take()).await;
+                w.recreate(&mut node).await;
             }
             _ => {}
         }
