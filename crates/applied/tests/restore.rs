@@ -97,6 +97,16 @@ fn restoring(mode: RepairMode, artifacts: &Path) -> Tune {
     Box::new(move |c| c.on_expiry(OnExpiry::Repair(mode)).restore_from(source))
 }
 
+/// Auto repair from `artifacts`, mass deletes allowed.
+fn restoring_allowing_mass_deletes(artifacts: &Path) -> Tune {
+    let source = LocalArtifacts::new(artifacts);
+    Box::new(move |c| {
+        c.on_expiry(OnExpiry::Repair(RepairMode::Auto))
+            .restore_from(source)
+            .mass_delete(MassDeletePolicy::Allow)
+    })
+}
+
 /// Run a node until it is ready at `revision`, then stop it cleanly.
 async fn run_to(mut run: Running, revision: u64) -> FaultStore {
     wait_status(&mut run.status, |s| {
@@ -726,14 +736,7 @@ async fn a_recreated_evicting_bucket_restores_only_from_an_artifact_of_the_new_i
 
     // One of the new incarnation repairs it: the old-only keys go, every
     // key takes the new bucket's entry, the delta follows.
-    let allow: Tune = {
-        let source = LocalArtifacts::new(&new_artifacts);
-        Box::new(move |c| {
-            c.on_expiry(OnExpiry::Repair(RepairMode::Auto))
-                .restore_from(source)
-                .mass_delete(MassDeletePolicy::Allow)
-        })
-    };
+    let allow = restoring_allowing_mass_deletes(&new_artifacts);
     let store = run_to(start(kv.watcher(), store, &App::new(), allow), last).await;
     let mut expected = exported;
     expected.insert("y".into(), (Bytes::from_static(b"new"), Some(3)));
@@ -770,14 +773,7 @@ async fn a_cursorless_fold_left_by_an_interrupted_restore_takes_the_artifact_wha
             &slipstream_kv::WatchCursor::none(),
         )
         .unwrap();
-    let allow: Tune = {
-        let source = LocalArtifacts::new(&artifacts);
-        Box::new(move |c| {
-            c.on_expiry(OnExpiry::Repair(RepairMode::Auto))
-                .restore_from(source)
-                .mass_delete(MassDeletePolicy::Allow)
-        })
-    };
+    let allow = restoring_allowing_mass_deletes(&artifacts);
     let store = run_to(start(kv.watcher(), store, &App::new(), allow), last).await;
     let mut expected = exported;
     expected.insert("c".into(), (Bytes::from_static(b"new"), Some(3)));
