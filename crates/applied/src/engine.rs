@@ -669,12 +669,10 @@ where
         &mut self,
         caught_up: bool,
     ) -> Result<Option<ExpiryReason>, AppliedError> {
-        let bound = self.config.timeouts.retention;
-        match tokio::time::timeout(bound, self.watcher.retention()).await {
-            Ok(Ok(retention)) => {
+        match self.retention_now().await {
+            Ok(retention) => {
                 self.reporter.stream_last(retention.last_revision);
                 self.note_eviction(&retention).await?;
-                self.observed(&retention);
                 // R7 under a running watch: the bucket was deleted and
                 // created again, which a live consumer need not notice.
                 if caught_up && let Some(revision) = self.applied.revision() {
@@ -708,11 +706,8 @@ where
                     }));
                 }
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 tracing::debug!(watch = %self.config.name, %error, "retention read failed");
-            }
-            Err(_) => {
-                tracing::debug!(watch = %self.config.name, ?bound, "retention read timed out")
             }
         }
         Ok(None)
@@ -727,13 +722,23 @@ where
         if self.applied.revision().is_some() {
             return false;
         }
+        self.retention_now()
+            .await
+            .is_ok_and(|retention| before != Some(&retention.identity))
+    }
+
+    /// Retention as the server reports it now, bounded by the configured
+    /// timeout; what it says of the bucket is recorded (`observed`).
+    pub(crate) async fn retention_now(&mut self) -> Result<Retention, KvError> {
         let bound = self.config.timeouts.retention;
-        let Ok(Ok(retention)) = tokio::time::timeout(bound, self.watcher.retention()).await else {
-            return false;
-        };
-        let changed = before != Some(&retention.identity);
+        let retention = tokio::time::timeout(bound, self.watcher.retention())
+            .await
+            .map_err(|_| KvError::Timeout {
+                operation: "retention".into(),
+                after: bound,
+            })??;
         self.observed(&retention);
-        changed
+        Ok(retention)
     }
 
     /// Take what a retention read says about the bucket as it is now: its

@@ -121,8 +121,7 @@ where
         let OnExpiry::Repair(mode) = self.config.on_expiry else {
             // Nothing to plan, but the floor still applies; without a
             // retention read the state-sync starts from nothing, as before.
-            let bound = self.config.timeouts.retention;
-            if let Ok(Ok(retention)) = tokio::time::timeout(bound, self.watcher.retention()).await {
+            if let Ok(retention) = self.retention_now().await {
                 self.floor_cursor(&retention);
                 self.relist_next = true;
             }
@@ -275,24 +274,12 @@ where
     /// Retention as the server reports it now; failing to read it fails
     /// the repair.
     async fn read_retention(&mut self) -> Result<Retention, AppliedError> {
-        let bound = self.config.timeouts.retention;
-        match tokio::time::timeout(bound, self.watcher.retention()).await {
-            Ok(Ok(retention)) => {
-                self.observed(&retention);
-                Ok(retention)
-            }
-            Ok(Err(source)) => Err(AppliedError::RepairFailed {
+        self.retention_now()
+            .await
+            .map_err(|source| AppliedError::RepairFailed {
                 stage: "reading retention",
                 source,
-            }),
-            Err(_) => Err(AppliedError::RepairFailed {
-                stage: "reading retention",
-                source: KvError::Timeout {
-                    operation: "retention".into(),
-                    after: bound,
-                },
-            }),
-        }
+            })
     }
 
     /// R2: delete every in-scope fold key the bucket no longer lists, then
