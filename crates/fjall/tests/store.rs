@@ -167,10 +167,66 @@ fn totals_follow_overwrites_deletes_and_duplicates_within_a_batch_across_reopen(
     assert_eq!(store.stats().live_bytes, expect(&[("k1", 6)]));
     drop(store);
 
-    let (cursor, store) = FjallStore::open(tmp.path(), &options()).unwrap();
+    let (cursor, mut store) = FjallStore::open(tmp.path(), &options()).unwrap();
     assert_eq!(cursor, WatchCursor::at(7));
     assert_eq!(store.len(), 1);
     assert_eq!(store.stats().live_bytes, expect(&[("k1", 6)]));
+    // Keys written before the reopen still count when rewritten.
+    store
+        .apply(
+            &[put("k1", b"e", 8), put("k3", b"ff", 9)],
+            &WatchCursor::at(9),
+        )
+        .unwrap();
+    assert_eq!(store.len(), 2);
+    assert_eq!(store.stats().live_bytes, expect(&[("k1", 1), ("k3", 2)]));
+}
+
+/// Totals stay exact when a store filled batch by batch rewrites and
+/// deletes keys written in earlier batches.
+#[test]
+fn totals_stay_exact_when_a_filled_store_rewrites_and_deletes_its_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, mut store) = FjallStore::open(tmp.path(), &options()).unwrap();
+    let n = 200_000_u64;
+    let value = |i: u64| -> &'static [u8] {
+        let v: &'static [u8] = b"vvvvvv";
+        &v[..(i % 7) as usize]
+    };
+    for start in (0..n).step_by(1000) {
+        let batch: Vec<_> = (start..start + 1000)
+            .map(|i| put(&format!("key.{i:08}"), value(i), i + 1))
+            .collect();
+        store.apply(&batch, &WatchCursor::at(start + 1000)).unwrap();
+    }
+    let live = |keys: &mut dyn Iterator<Item = (u64, usize)>| -> u64 {
+        keys.map(|(i, len)| (format!("key.{i:08}").len() + 8 + len) as u64)
+            .sum()
+    };
+    assert_eq!(store.len(), n);
+    assert_eq!(
+        store.stats().live_bytes,
+        live(&mut (0..n).map(|i| (i, value(i).len())))
+    );
+    // Rewrite every tenth key, delete every tenth key (offset by five), and
+    // delete then re-create one.
+    let mut batch = Vec::new();
+    for i in (0..n).step_by(10) {
+        batch.push(put(&format!("key.{i:08}"), b"0123456789", n + i + 1));
+        batch.push(delete(&format!("key.{:08}", i + 5), n + i + 2));
+    }
+    batch.push(delete("key.00000003", 3 * n));
+    batch.push(put("key.00000003", b"x", 3 * n + 1));
+    store.apply(&batch, &WatchCursor::at(3 * n + 1)).unwrap();
+    let expected = |i: u64| match i {
+        3 => Some(1),
+        i if i % 10 == 0 => Some(10),
+        i if i % 10 == 5 => None,
+        i => Some(value(i).len()),
+    };
+    let survivors = || (0..n).filter_map(|i| expected(i).map(|len| (i, len)));
+    assert_eq!(store.len(), survivors().count() as u64);
+    assert_eq!(store.stats().live_bytes, live(&mut survivors()));
 }
 
 #[test]
