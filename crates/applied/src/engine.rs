@@ -240,13 +240,26 @@ where
                 drop(stream);
                 continue;
             }
-            // A cursor without a revision holds no position in any
-            // incarnation: it takes the bucket's identity as it is now.
-            if let Some(id) = &self.identity
-                && (self.applied.identity().is_none()
-                    || (self.applied.revision().is_none() && self.applied.identity() != Some(id)))
-            {
-                self.applied = self.applied.clone().with_identity(id.clone());
+            // A cursor without an identity takes the bucket's as it is now.
+            // One without a revision but with another identity was left by
+            // a repair of an earlier incarnation: its fold was compared
+            // with that bucket, not this one (R7).
+            if let Some(id) = self.identity.clone() {
+                match self.applied.identity().cloned() {
+                    None => self.applied = self.applied.clone().with_identity(id),
+                    Some(known) if known != id && self.applied.revision().is_none() => {
+                        drop(stream);
+                        let reason = ExpiryReason::IdentityChanged {
+                            expected: known,
+                            found: id,
+                        };
+                        if self.on_expiry(reason).await? == AfterExpiry::Shutdown {
+                            return self.stop(StopReason::Shutdown).await;
+                        }
+                        continue;
+                    }
+                    Some(_) => {}
+                }
             }
             self.reporter.phase(Phase::Syncing);
             match self.follow(&shutdown, stream).await? {
@@ -433,13 +446,15 @@ where
                 // K4 on a caught-up All-scope watch of an evicting bucket: a
                 // backend guards its delta watches only, and a state-sync
                 // goes on live after its `CaughtUp`, where retention can
-                // pass it too.
-                let received =
-                    next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r));
+                // pass it too. A caught-up watch with no position has seen
+                // nothing yet: its frontier is position 0.
+                let frontier =
+                    next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r))
+                        .unwrap_or(0);
                 if self.config.scope.is_all()
                     && self.reporter.is_ready()
                     && (self.evicting || self.applied.seen_evicting())
-                    && let (Some(frontier), Some(delivered)) = (received, update.revision())
+                    && let Some(delivered) = update.revision()
                     && gap_needs_floor_check(frontier, delivered)
                     && let Some(reason) = self.refresh_retention(true).await?
                 {

@@ -369,12 +369,22 @@ where
     }
 
     /// K10 for one chunk of artifact entries against the fold: the puts to
-    /// take.
+    /// take. A fold entry ranks by its revision only when the fold's cursor
+    /// covers it.
     async fn decide_chunk(
         &mut self,
         chunk: Chunk,
         replaced: bool,
     ) -> Result<Vec<KvUpdate>, AppliedError> {
+        // Every entry the fold's history gave it is at or below its cursor;
+        // one above it was left by a repair of another incarnation (a key
+        // the new bucket listed live keeps its old entry), so its revision
+        // says nothing here.
+        let trusted_up_to = if replaced {
+            None
+        } else {
+            self.applied.revision()
+        };
         let store = self.take_store("restore scan").await?;
         let joined = tokio::task::spawn_blocking(move || {
             let mut takes = Vec::new();
@@ -384,12 +394,9 @@ where
                     Err(e) => return (store, Err(e)),
                 };
                 let identical = local.as_ref() == Some(&entry);
-                let local_rank = local.map(|l| {
-                    if replaced {
-                        0
-                    } else {
-                        l.version.as_u64().unwrap_or(0)
-                    }
+                let local_rank = local.map(|l| match (l.version.as_u64(), trusted_up_to) {
+                    (Some(revision), Some(cursor)) if revision <= cursor => revision,
+                    _ => 0,
                 });
                 let artifact_rank = entry.version.as_u64().unwrap_or(0);
                 // The artifact lists the key, so "listed live" plays no part.

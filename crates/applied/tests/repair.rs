@@ -333,6 +333,13 @@ enum Hook {
     /// Write `key` right before the `n`th state-sync watch opens: a key
     /// recreated between the listing and the re-list.
     RecreateBeforeRelist { n: usize, key: &'static str },
+    /// Delete the bucket, create it again and write `key` in it right
+    /// before the `n`th state-sync watch opens.
+    RecreateBucketBeforeRelist {
+        n: usize,
+        server: MemoryServer,
+        key: &'static str,
+    },
     /// Every state-sync watch (the listing) fails to open.
     FailListing,
     /// Every retention read fails.
@@ -376,6 +383,11 @@ impl KvWatcher for Hooked {
             match self.hook {
                 Hook::RecreateBeforeRelist { n, key } if n == nth => {
                     put(&self.inner, key, "again").await;
+                }
+                Hook::RecreateBucketBeforeRelist { n, ref server, key } if n == nth => {
+                    server.bucket("cfg").delete().unwrap();
+                    let kv = bucket_with(server, StoreConfig::new("cfg")).await;
+                    put(&kv, key, "third").await;
                 }
                 Hook::FailListing => {
                     return Err(KvError::BucketNotFound {
@@ -428,6 +440,40 @@ async fn a_key_deleted_and_recreated_in_the_gap_ends_present_because_deletes_com
     assert!(delete_at < put_at, "{parsed:?}");
     assert_eq!(fold, truth(&kv).await);
     assert_eq!(app.seen().fold, fold);
+}
+
+/// The bucket is recreated while the node is down, and again between the
+/// relist's listing and its state-sync: the fold was compared with the
+/// second bucket, so the third one is repaired too, not taken as is.
+#[tokio::test(start_paused = true)]
+async fn a_bucket_recreated_between_a_relist_listing_and_its_state_sync_is_repaired_again() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    put(&kv, "a", "first").await;
+    put(&kv, "b", "first").await;
+    let store = synced_store(&kv, dir.path(), &app).await;
+    server.bucket("cfg").delete().unwrap();
+    let kv = bucket_with(&server, StoreConfig::new("cfg")).await;
+    put(&kv, "a", "second").await;
+
+    let hook = Hook::RecreateBucketBeforeRelist {
+        n: 2,
+        server: server.clone(),
+        key: "c",
+    };
+    let run = start(Hooked::new(&kv, hook), store, &app, |c| {
+        repair(RepairMode::Relist)(c).mass_delete(MassDeletePolicy::Allow)
+    });
+    let store = run_to(run, 1).await;
+    let third = bucket_with(&server, StoreConfig::new("cfg")).await;
+    let expected: Fold = [("c".to_owned(), (Bytes::from_static(b"third"), Some(1)))].into();
+    assert_eq!(truth(&third).await, expected);
+    assert_eq!(
+        fold_of(&store),
+        expected,
+        "nothing of the first bucket stays"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -835,6 +881,44 @@ async fn retention_passing_a_caught_up_state_sync_is_caught_at_the_next_delivery
     assert_eq!(
         fold_of(&finished.store.unwrap()),
         before,
+        "nothing past the gap"
+    );
+}
+
+/// A fresh node caught up on an empty evicting bucket has no position yet;
+/// a first delivery past evicted writes is a gap from position 0.
+#[tokio::test(start_paused = true)]
+async fn eviction_before_a_fresh_nodes_first_delivery_is_caught() {
+    let work = tempfile::tempdir().unwrap();
+    let (server, kv) = bucket().await;
+    let admin = server.bucket("cfg");
+    admin
+        .set_discard(slipstream_kv::DiscardPolicy::Old)
+        .unwrap();
+    admin.set_max_msgs(Some(2)).unwrap();
+    let (_, store) = open_store(&work.path().join("node"), &FaultPlan::new());
+    let app = App::new();
+    let mut run = start(kv.watcher(), store, &app, repair(RepairMode::Relist));
+    wait_status(&mut run.status, |s| s.is_ready() && s.applied.is_none()).await;
+    // Before the node sees them, three writes: `a` (1) is evicted.
+    for key in ["a", "b", "c"] {
+        put(&kv, key, "v1").await;
+    }
+    let finished = timeout(DEADLINE, run.task).await.unwrap().unwrap();
+    let error = finished.result.expect_err("the watch stops");
+    assert!(
+        matches!(
+            &error,
+            AppliedError::RelistRefused {
+                reason: RepairCause::Expired(ExpiryReason::FloorOverrun { frontier: 0, .. }),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        fold_of(&finished.store.unwrap()),
+        Fold::new(),
         "nothing past the gap"
     );
 }
