@@ -140,7 +140,7 @@ fn an_old_incarnations_entry_above_the_fold_cursor_loses_to_the_artifact() {
 // in a caught-up watch of an evicting bucket, from position 0 when it has
 // none (seeds 160, 512, 739 and 120 pass). Still seen, about one failure
 // per 1,000 schedules: a stream purge while the bucket did not evict
-// (seeds 821 and 221). Checking gaps there too would catch them, but
+// (seeds 821, 221 and 43, the last a purge passing a relist's state-sync). Checking gaps there too would catch them, but
 // supersession alone moves the first sequence of a bucket that keeps
 // every current value, so the check also trips on a hot key rewritten
 // faster than a node reads it (`store.rs`'s apply test did): a false
