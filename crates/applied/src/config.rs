@@ -301,7 +301,9 @@ pub struct ScratchPolicy {
     /// subdirectory there and removes it when done.
     pub dir: PathBuf,
     /// The bytes of listed keys a relist holds in memory before it writes
-    /// a sorted run to `dir` (default 32 MiB).
+    /// a sorted run to `dir` (default 32 MiB). The repair's peak is this
+    /// plus a constant that does not grow with the bucket: the store's
+    /// cache and a few MiB of I/O buffers (docs/benchmarks.md, T5).
     pub relist_memory: usize,
 }
 
