@@ -298,7 +298,10 @@ impl<S> AppliedConfig<S> {
 pub struct ScratchPolicy {
     /// The directory scratch files go under (default: the system's
     /// temporary directory), created if missing. Each repair makes its own
-    /// subdirectory there and removes it when done.
+    /// subdirectory there, holds a lock on it while it runs and removes it
+    /// when done; a repair starting removes the subdirectories whose lock
+    /// nobody holds (left by a killed process). Other processes may share
+    /// the directory.
     pub dir: PathBuf,
     /// The bytes of listed keys a relist holds in memory before it writes
     /// a sorted run to `dir` (default 32 MiB). The repair's peak is this

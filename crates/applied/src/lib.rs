@@ -77,6 +77,7 @@ mod expiry;
 mod export;
 mod handlers;
 mod restore;
+mod scratch;
 mod slot;
 mod source;
 mod spill;

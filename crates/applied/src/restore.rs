@@ -30,6 +30,7 @@ use crate::config::MassDeletePolicy;
 use crate::engine::Engine;
 use crate::error::{AppliedError, RepairCause, RestoreRefusal};
 use crate::expiry::{AfterExpiry, Listed};
+use crate::scratch::{ScratchDir, ScratchKind};
 use crate::slot::StoreSlot;
 
 /// The artifact entries one chunk carries to the engine.
@@ -82,15 +83,12 @@ where
         if let Some(refusal) = self.check_manifest(&manifest, local, retention) {
             return Err(self.refused(cause, refusal));
         }
-        let scratch = std::fs::create_dir_all(&self.config.scratch.dir)
-            .and_then(|()| {
-                tempfile::Builder::new()
-                    .prefix("slipstream-restore-")
-                    .tempdir_in(&self.config.scratch.dir)
-            })
-            .map_err(|e| AppliedError::RestoreFailed {
-                stage: "creating the scratch directory",
-                source: format!("under {}: {e}", self.config.scratch.dir.display()).into(),
+        let scratch =
+            ScratchDir::create(&self.config.scratch.dir, ScratchKind::Restore).map_err(|e| {
+                AppliedError::RestoreFailed {
+                    stage: "creating the scratch directory",
+                    source: format!("{}: {}", e.path.display(), e.source).into(),
+                }
             })?;
         let fetched = tokio::time::timeout(bound, source.fetch(&manifest, scratch.path()))
             .await

@@ -27,11 +27,10 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::mem;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::ScratchPolicy;
 use crate::error::AppliedError;
+use crate::scratch::{ScratchDir, ScratchKind};
 
 const MAGIC: &[u8; 8] = b"SLRLRUN1";
 /// The key length that marks the end record.
@@ -52,56 +51,6 @@ struct Record {
     key: String,
     revision: Option<u64>,
     live: bool,
-}
-
-/// The scratch subdirectory of one repair; removed with everything in it
-/// when dropped.
-#[derive(Debug)]
-struct ScratchDir {
-    path: PathBuf,
-}
-
-impl ScratchDir {
-    fn create(parent: &Path) -> Result<Self, AppliedError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        fs::create_dir_all(parent).map_err(|source| AppliedError::RepairScratchIo {
-            operation: "creating the scratch directory",
-            path: parent.to_path_buf(),
-            source,
-        })?;
-        let pid = std::process::id();
-        let mut attempts = 0;
-        loop {
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            // The time keeps names apart from a crashed process' leftovers
-            // that had the same pid.
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            let path = parent.join(format!("slipstream-relist-{pid}-{n}-{nanos:08x}"));
-            match fs::create_dir(&path) {
-                Ok(()) => return Ok(Self { path }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 16 => {
-                    attempts += 1;
-                }
-                Err(source) => {
-                    return Err(AppliedError::RepairScratchIo {
-                        operation: "creating the scratch directory",
-                        path,
-                        source,
-                    });
-                }
-            }
-        }
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        if let Err(error) = fs::remove_dir_all(&self.path) {
-            tracing::warn!(path = %self.path.display(), %error, "could not remove a relist scratch directory");
-        }
-    }
 }
 
 /// Collects listed records and sorts them externally.
@@ -147,14 +96,20 @@ impl KeySorter {
             limit: policy.relist_memory.max(1),
             runs: Vec::new(),
             files: 0,
-            dir: ScratchDir::create(&policy.dir)?,
+            dir: ScratchDir::create(&policy.dir, ScratchKind::Relist).map_err(|e| {
+                AppliedError::RepairScratchIo {
+                    operation: "creating the scratch directory",
+                    path: e.path,
+                    source: e.source,
+                }
+            })?,
         })
     }
 
     /// The scratch subdirectory of this sorter.
     #[cfg(test)]
     fn dir(&self) -> &Path {
-        &self.dir.path
+        self.dir.path()
     }
 
     /// Add a record. `Some` when the memory bound is reached: the caller
@@ -192,7 +147,7 @@ impl KeySorter {
 
     fn next_path(&mut self) -> PathBuf {
         self.files += 1;
-        self.dir.path.join(format!("run-{:06}", self.files))
+        self.dir.path().join(format!("run-{:06}", self.files))
     }
 
     /// Merge everything pushed into the live keys in ascending order.
