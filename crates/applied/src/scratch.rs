@@ -140,6 +140,9 @@ fn lock_new(dir: &Path) -> io::Result<File> {
             io::ErrorKind::WouldBlock,
             "a new scratch lock file is locked by someone else",
         )),
+        // A file system without locks: the directory goes unlocked, and
+        // sweeps there cannot take a lock either, so they leave it.
+        Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => Ok(lock),
         Err(TryLockError::Error(e)) => Err(e),
     }
 }
