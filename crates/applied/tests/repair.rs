@@ -835,15 +835,44 @@ async fn head_eviction_passing_a_listing_in_progress_is_repaired_at_its_caught_u
     assert_eq!(fold_of(&store), expected, "`a` is gone, the delta follows");
 }
 
-#[tokio::test(start_paused = true)]
-async fn retention_passing_a_caught_up_state_sync_is_caught_at_the_next_delivery() {
-    let work = tempfile::tempdir().unwrap();
+/// A bucket that discards its oldest message past `max_msgs`.
+async fn evicting_bucket(max_msgs: u64) -> (MemoryServer, MemoryStore) {
     let (server, kv) = bucket().await;
     let admin = server.bucket("cfg");
     admin
         .set_discard(slipstream_kv::DiscardPolicy::Old)
         .unwrap();
-    admin.set_max_msgs(Some(3)).unwrap();
+    admin.set_max_msgs(Some(max_msgs)).unwrap();
+    (server, kv)
+}
+
+/// The watch stops because its floor guard tripped at `frontier` and the
+/// Relist it then needs is refused; the fold is `before`, nothing past the
+/// gap.
+async fn stops_refusing_a_relist_after_an_overrun_at(run: Running, frontier: u64, before: &Fold) {
+    let finished = timeout(DEADLINE, run.task).await.unwrap().unwrap();
+    let error = finished.result.expect_err("the watch stops");
+    assert!(
+        matches!(
+            &error,
+            AppliedError::RelistRefused {
+                reason: RepairCause::Expired(ExpiryReason::FloorOverrun { frontier: f, .. }),
+                ..
+            } if *f == frontier
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        &fold_of(&finished.store.unwrap()),
+        before,
+        "nothing past the gap"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_passing_a_caught_up_state_sync_is_caught_at_the_next_delivery() {
+    let work = tempfile::tempdir().unwrap();
+    let (_server, kv) = evicting_bucket(3).await;
     put(&kv, "a", "v1").await; // 1
     put(&kv, "b", "v1").await; // 2
     put(&kv, "c", "v1").await; // 3
@@ -866,23 +895,7 @@ async fn retention_passing_a_caught_up_state_sync_is_caught_at_the_next_delivery
     for key in ["d", "e", "f"] {
         put(&kv, key, "v1").await; // 5..=7
     }
-    let finished = timeout(DEADLINE, run.task).await.unwrap().unwrap();
-    let error = finished.result.expect_err("the watch stops");
-    assert!(
-        matches!(
-            &error,
-            AppliedError::RelistRefused {
-                reason: RepairCause::Expired(ExpiryReason::FloorOverrun { frontier: 3, .. }),
-                ..
-            }
-        ),
-        "{error:?}"
-    );
-    assert_eq!(
-        fold_of(&finished.store.unwrap()),
-        before,
-        "nothing past the gap"
-    );
+    stops_refusing_a_relist_after_an_overrun_at(run, 3, &before).await;
 }
 
 /// A fresh node caught up on an empty evicting bucket has no position yet;
@@ -890,12 +903,7 @@ async fn retention_passing_a_caught_up_state_sync_is_caught_at_the_next_delivery
 #[tokio::test(start_paused = true)]
 async fn eviction_before_a_fresh_nodes_first_delivery_is_caught() {
     let work = tempfile::tempdir().unwrap();
-    let (server, kv) = bucket().await;
-    let admin = server.bucket("cfg");
-    admin
-        .set_discard(slipstream_kv::DiscardPolicy::Old)
-        .unwrap();
-    admin.set_max_msgs(Some(2)).unwrap();
+    let (_server, kv) = evicting_bucket(2).await;
     let (_, store) = open_store(&work.path().join("node"), &FaultPlan::new());
     let app = App::new();
     let mut run = start(kv.watcher(), store, &app, repair(RepairMode::Relist));
@@ -904,21 +912,5 @@ async fn eviction_before_a_fresh_nodes_first_delivery_is_caught() {
     for key in ["a", "b", "c"] {
         put(&kv, key, "v1").await;
     }
-    let finished = timeout(DEADLINE, run.task).await.unwrap().unwrap();
-    let error = finished.result.expect_err("the watch stops");
-    assert!(
-        matches!(
-            &error,
-            AppliedError::RelistRefused {
-                reason: RepairCause::Expired(ExpiryReason::FloorOverrun { frontier: 0, .. }),
-                ..
-            }
-        ),
-        "{error:?}"
-    );
-    assert_eq!(
-        fold_of(&finished.store.unwrap()),
-        Fold::new(),
-        "nothing past the gap"
-    );
+    stops_refusing_a_relist_after_an_overrun_at(run, 0, &Fold::new()).await;
 }

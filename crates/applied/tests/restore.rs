@@ -743,9 +743,14 @@ async fn a_recreated_evicting_bucket_restores_only_from_an_artifact_of_the_new_i
     assert_eq!(fold_of(&store), expected);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_cursorless_fold_left_by_an_interrupted_restore_takes_the_artifact_whatever_its_revisions()
- {
+/// A `max_age` bucket whose first two writes aged out after an export at 2,
+/// and a node whose fold holds `old` entries (value `old`, at the given
+/// revisions) under `cursor`: restore it and return the fold it ends with
+/// and the one expected (the export plus the write at 3).
+async fn restore_over_old_entries(
+    old: &[(&str, u64)],
+    cursor: slipstream_kv::WatchCursor,
+) -> (Fold, Fold) {
     let work = tempfile::tempdir().unwrap();
     let artifacts = work.path().join("artifacts");
     let server = MemoryServer::with_clock(ManualClock::new());
@@ -755,33 +760,35 @@ async fn a_cursorless_fold_left_by_an_interrupted_restore_takes_the_artifact_wha
     let exported = export_from(&kv, work.path(), &artifacts, "at-2", 2).await;
     server.clock().advance(2 * HOUR);
     let last = put(&kv, "c", "new").await; // 3
-    // What a restore from a deleted incarnation's artifact leaves when the
-    // node crashes before its last commit: the chunks, and no revision.
-    // Their revisions are higher than the new bucket's.
     let (_, mut store) = open_store(&work.path().join("node"), &FaultPlan::new());
-    let old = |key: &str, revision| {
-        slipstream_kv::KvUpdate::Put(slipstream_kv::KvEntry {
-            key: key.into(),
-            value: Bytes::from_static(b"old"),
-            version: slipstream_kv::VersionToken::from_u64(revision),
-            created: None,
+    let old: Vec<_> = old
+        .iter()
+        .map(|(key, revision)| {
+            slipstream_kv::KvUpdate::Put(slipstream_kv::KvEntry {
+                key: (*key).into(),
+                value: Bytes::from_static(b"old"),
+                version: slipstream_kv::VersionToken::from_u64(*revision),
+                created: None,
+            })
         })
-    };
-    store
-        .apply(
-            &[old("a", 7), old("b", 8), old("gone", 9)],
-            &slipstream_kv::WatchCursor::none(),
-        )
-        .unwrap();
+        .collect();
+    store.apply(&old, &cursor).unwrap();
     let allow = restoring_allowing_mass_deletes(&artifacts);
     let store = run_to(start(kv.watcher(), store, &App::new(), allow), last).await;
     let mut expected = exported;
     expected.insert("c".into(), (Bytes::from_static(b"new"), Some(3)));
-    assert_eq!(
-        fold_of(&store),
-        expected,
-        "no old entry outranks the artifact"
-    );
+    (fold_of(&store), expected)
+}
+
+/// What a restore from a deleted incarnation's artifact leaves when the
+/// node crashes before its last commit: the chunks, and no revision. Their
+/// revisions are higher than the new bucket's.
+#[tokio::test(start_paused = true)]
+async fn a_cursorless_fold_left_by_an_interrupted_restore_takes_the_artifact_whatever_its_revisions()
+ {
+    let old = [("a", 7), ("b", 8), ("gone", 9)];
+    let (fold, expected) = restore_over_old_entries(&old, slipstream_kv::WatchCursor::none()).await;
+    assert_eq!(fold, expected, "no old entry outranks the artifact");
 }
 
 /// A fold entry newer than the fold's own cursor cannot come from this
@@ -790,32 +797,7 @@ async fn a_cursorless_fold_left_by_an_interrupted_restore_takes_the_artifact_wha
 /// entry. Its revision is not comparable, so the artifact's entry wins.
 #[tokio::test(start_paused = true)]
 async fn a_fold_entry_newer_than_its_cursor_does_not_outrank_the_artifact() {
-    let work = tempfile::tempdir().unwrap();
-    let artifacts = work.path().join("artifacts");
-    let server = MemoryServer::with_clock(ManualClock::new());
-    let kv = bucket_with(&server, StoreConfig::new("cfg").max_age(HOUR)).await;
-    put(&kv, "a", "new").await; // 1
-    put(&kv, "b", "new").await; // 2
-    let exported = export_from(&kv, work.path(), &artifacts, "at-2", 2).await;
-    server.clock().advance(2 * HOUR);
-    let last = put(&kv, "c", "new").await; // 3
-    let (_, mut store) = open_store(&work.path().join("node"), &FaultPlan::new());
-    let old_a = slipstream_kv::KvUpdate::Put(slipstream_kv::KvEntry {
-        key: "a".into(),
-        value: Bytes::from_static(b"old"),
-        version: slipstream_kv::VersionToken::from_u64(7),
-        created: None,
-    });
-    store
-        .apply(&[old_a], &slipstream_kv::WatchCursor::at(1))
-        .unwrap();
-    let allow = restoring_allowing_mass_deletes(&artifacts);
-    let store = run_to(start(kv.watcher(), store, &App::new(), allow), last).await;
-    let mut expected = exported;
-    expected.insert("c".into(), (Bytes::from_static(b"new"), Some(3)));
-    assert_eq!(
-        fold_of(&store),
-        expected,
-        "the entry at 7 under cursor 1 lost"
-    );
+    let (fold, expected) =
+        restore_over_old_entries(&[("a", 7)], slipstream_kv::WatchCursor::at(1)).await;
+    assert_eq!(fold, expected, "the entry at 7 under cursor 1 lost");
 }
