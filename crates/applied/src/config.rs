@@ -99,18 +99,37 @@ impl RetryPolicy {
 
 /// What the engine does when its cursor expires (R1).
 ///
-/// The default is [`OnExpiry::Stop`]: the watch ends with
-/// [`AppliedError::CursorExpired`] and the fold stays as committed, so
-/// nothing is repaired unless the user asked for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// Unless [`AppliedConfig::on_expiry`] says otherwise, an engine with a
+/// store repairs with [`RepairMode::Relist`]: where the bucket's listing is
+/// the truth (K7) the fold is re-listed, which is never wrong; where it is
+/// not, the watch ends with [`AppliedError::RelistRefused`] naming the
+/// reason. An apparent expiry can be a false alarm (on a small bucket
+/// written faster than the node reads, supersession alone moves the first
+/// sequence past the node), and a relist answers it without stopping. An
+/// engine without a store has no fold to compare with a listing, so it
+/// stops ([`OnExpiry::Stop`]) and leaves the cursor to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OnExpiry {
-    /// End the watch with [`AppliedError::CursorExpired`].
-    #[default]
+    /// End the watch with [`AppliedError::CursorExpired`] and leave the
+    /// fold as committed, for a caller that repairs by itself.
     Stop,
     /// Repair the fold with this mode (K8) and go on watching. Plans that
     /// need a restore take the newest artifact of
     /// [`AppliedConfig::restore_from`]'s source.
     Repair(RepairMode),
+}
+
+impl OnExpiry {
+    /// What an engine does when its configuration does not say: repair
+    /// with a relist when it has a store (`durable`), stop otherwise.
+    #[must_use]
+    pub const fn default_for(durable: bool) -> Self {
+        if durable {
+            Self::Repair(RepairMode::Relist)
+        } else {
+            Self::Stop
+        }
+    }
 }
 
 /// The mass-delete guard for repairs (K14, R9).
@@ -156,7 +175,8 @@ pub(crate) struct Settings {
     pub(crate) timeouts: Timeouts,
     pub(crate) retry: RetryPolicy,
     pub(crate) status_interval: Duration,
-    pub(crate) on_expiry: OnExpiry,
+    /// `None`: [`OnExpiry::default_for`] the engine's store.
+    pub(crate) on_expiry: Option<OnExpiry>,
     pub(crate) mass_delete: MassDeletePolicy,
     pub(crate) scratch: ScratchPolicy,
     pub(crate) restore: Option<Arc<dyn RestoreSource>>,
@@ -175,7 +195,7 @@ impl AppliedConfig<NoStore> {
                 timeouts: Timeouts::default(),
                 retry: RetryPolicy::default(),
                 status_interval: Duration::from_secs(10),
-                on_expiry: OnExpiry::default(),
+                on_expiry: None,
                 mass_delete: MassDeletePolicy::default(),
                 scratch: ScratchPolicy::default(),
                 restore: None,
@@ -260,10 +280,11 @@ impl<S> AppliedConfig<S> {
 }
 
 impl<S> AppliedConfig<S> {
-    /// What to do when the cursor expires (default [`OnExpiry::Stop`]).
+    /// What to do when the cursor expires (default: a relist with a store,
+    /// a stop without one; see [`OnExpiry`]).
     #[must_use]
     pub fn on_expiry(mut self, on_expiry: OnExpiry) -> Self {
-        self.settings.on_expiry = on_expiry;
+        self.settings.on_expiry = Some(on_expiry);
         self
     }
 

@@ -103,15 +103,16 @@ pub(crate) struct Engine<W, S, P, A, O, T> {
     /// The last cursor committed (with a store) and reported.
     committed: WatchCursor,
     identity: Option<BucketIdentity>,
-    /// Whether the last retention read said the bucket evicts current
-    /// values: only then is a gap in a caught-up watch checked against the
-    /// head, since elsewhere supersession alone moves the first sequence.
-    evicting: bool,
     /// The next watch is a state-sync (after a repair), whatever the cursor.
     pub(crate) relist_next: bool,
     /// The next watch resumes after this position instead of the applied
     /// cursor (R8: a gap of supersession only).
     pub(crate) resume_at: Option<WatchCursor>,
+    /// After a relist, until a caught-up watch has checked it: the first
+    /// sequence the bucket may have, lest the head have passed an entry
+    /// the listing saw and the fold still lacks (see `list_live_keys`).
+    /// Until then the fold is trusted, and committed, only below it.
+    pub(crate) relist_floor: Option<u64>,
     pending: Pending<T>,
     store_failures: u32,
     window: Pin<Box<Sleep>>,
@@ -154,9 +155,9 @@ where
             applied: start.clone(),
             committed: start,
             identity: None,
-            evicting: false,
             relist_next: false,
             resume_at: None,
+            relist_floor: None,
             pending: Pending::new(capacity),
             store_failures: 0,
             window: Box::pin(sleep(config.batch.window)),
@@ -301,7 +302,9 @@ where
     pub(crate) async fn commit_all(&mut self) -> Result<(), AppliedError> {
         self.flush().await?;
         self.settle().await?;
-        while !self.pending.raw.is_empty() || (S::DURABLE && self.committed != self.applied) {
+        while !self.pending.raw.is_empty()
+            || (S::DURABLE && self.committed != self.trusted_cursor())
+        {
             sleep(self.config.retry.backoff(self.store_failures)).await;
             self.flush().await?;
             self.settle().await?;
@@ -436,24 +439,29 @@ where
                 self.settle().await?;
                 // A state-sync skips what the head passes mid-listing and
                 // still catches up: check at once, not at the next refresh.
+                let checking_floor = self.relist_floor.is_some();
                 if let Some(reason) = self.refresh_retention(true).await? {
                     return Ok(Some(StreamEnd::Expired(reason)));
+                }
+                if checking_floor && self.relist_floor.is_none() {
+                    // The cursor held below the floor can move now.
+                    self.flush().await?;
+                    self.settle().await?;
                 }
                 self.reporter.phase(Phase::Ready);
                 Ok(None)
             }
             Some(Ok(WatchEvent::Update(update))) => {
-                // K4 on a caught-up All-scope watch of an evicting bucket: a
-                // backend guards its delta watches only, and a state-sync
-                // goes on live after its `CaughtUp`, where retention can
-                // pass it too. A caught-up watch with no position has seen
-                // nothing yet: its frontier is position 0.
+                // K4 on every caught-up All-scope watch: a backend guards
+                // its delta watches only, and a state-sync goes on live
+                // after its `CaughtUp`, where retention or an operator's
+                // purge can pass it too. A caught-up watch with no position
+                // has seen nothing yet: its frontier is position 0.
                 let frontier =
                     next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r))
                         .unwrap_or(0);
                 if self.config.scope.is_all()
                     && self.reporter.is_ready()
-                    && (self.evicting || self.applied.seen_evicting())
                     && let Some(delivered) = update.revision()
                     && gap_needs_floor_check(frontier, delivered)
                     && let Some(reason) = self.refresh_retention(true).await?
@@ -521,7 +529,7 @@ where
             if S::DURABLE {
                 self.settle().await?;
             }
-            if self.committed == self.applied {
+            if self.committed == self.trusted_cursor() {
                 self.retry_armed = false;
                 return Ok(());
             }
@@ -550,6 +558,18 @@ where
         }
     }
 
+    /// The applied cursor, held below an unchecked relist floor: a node
+    /// restarted from it resumes where K1 still sees a purge that passed
+    /// the floor.
+    pub(crate) fn trusted_cursor(&self) -> WatchCursor {
+        match (self.relist_floor, self.applied.revision()) {
+            (Some(floor), Some(revision)) if revision >= floor => {
+                self.applied.advanced(floor.saturating_sub(1), None)
+            }
+            _ => self.applied.clone(),
+        }
+    }
+
     /// `cursor` is committed (or, without a store, applied): publish it.
     fn report(&mut self, cursor: WatchCursor) {
         self.reporter.applied(cursor.revision());
@@ -565,7 +585,7 @@ where
         // Taken after the previous commit settled: a failed one is already
         // back in front of the newer updates, so this commit is cumulative.
         let mut raw = mem::replace(&mut self.pending.raw, mem::take(&mut self.spare));
-        let cursor = self.applied.clone();
+        let cursor = self.trusted_cursor();
         self.retry_armed = false;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let started = StdInstant::now();
@@ -706,6 +726,19 @@ where
                         }));
                     }
                 }
+                if caught_up && let Some(floor) = self.relist_floor {
+                    // A relist's listing saw entries its state-sync must
+                    // deliver again; one the head passed in between (a
+                    // purge) would leave the fold stale. The floor stays
+                    // until a repair replaces it.
+                    if retention.first_revision > floor {
+                        return Ok(Some(ExpiryReason::FloorOverrun {
+                            frontier: floor.saturating_sub(1),
+                            first_sequence: retention.first_revision,
+                        }));
+                    }
+                    self.relist_floor = None;
+                }
                 // No position yet is position 0: a listing that found the
                 // stream emptied after its start was planned lost what left.
                 let frontier =
@@ -757,11 +790,9 @@ where
     }
 
     /// Take what a retention read says about the bucket as it is now: its
-    /// identity (a revisionless cursor takes it at the next watch) and
-    /// whether it evicts current values.
+    /// identity (a revisionless cursor takes it at the next watch).
     pub(crate) fn observed(&mut self, retention: &Retention) {
         self.identity = Some(retention.identity.clone());
-        self.evicting = retention.evicts_current_values;
     }
 
     /// R5: the first time retention is seen to have evicted current values

@@ -78,7 +78,7 @@ where
         if matches!(reason, ExpiryReason::FloorOverrun { .. }) {
             self.reporter().guard_trip();
         }
-        let OnExpiry::Repair(mode) = self.config.on_expiry else {
+        let OnExpiry::Repair(mode) = self.on_expiry_policy() else {
             tracing::error!(%reason, cursor = ?self.applied, "cursor expired");
             return Err(AppliedError::CursorExpired {
                 reason,
@@ -107,6 +107,9 @@ where
                     "cursor expired by supersession only; resuming at the first retained sequence",
                 );
                 self.reporter().repair("supersession");
+                // Whatever a relist's state-sync missed was superseded by
+                // entries this resume delivers.
+                self.relist_floor = None;
                 self.resume_at = Some(self.applied.advanced(from, None));
                 return Ok(AfterExpiry::Rewatch);
             }
@@ -115,10 +118,17 @@ where
             .await
     }
 
+    /// The configured answer to an expiry, or the default for this store.
+    fn on_expiry_policy(&self) -> OnExpiry {
+        self.config
+            .on_expiry
+            .unwrap_or(OnExpiry::default_for(S::DURABLE))
+    }
+
     /// R6: a start without a cursor asks K9 whether to repair before
     /// watching; `Rewatch` means "go on and watch".
     pub(crate) async fn cursorless_start(&mut self) -> Result<AfterExpiry, AppliedError> {
-        let OnExpiry::Repair(mode) = self.config.on_expiry else {
+        let OnExpiry::Repair(mode) = self.on_expiry_policy() else {
             // Nothing to plan, but the floor still applies; without a
             // retention read the state-sync starts from nothing, as before.
             if let Ok(retention) = self.retention_now().await {
@@ -181,6 +191,8 @@ where
                     "repair mode None: re-listing without deletes; keys deleted in the gap may persist",
                 );
                 self.reporter().repair("relist_only");
+                // Mode None accepts what a listing misses.
+                self.relist_floor = None;
                 if replaced {
                     self.restart_cursor(retention).await?;
                 } else {
@@ -196,7 +208,13 @@ where
                     cursor: self.committed().clone(),
                 })
             }
-            RepairPlan::Restore => self.restore(cause, retention).await,
+            RepairPlan::Restore => {
+                let after = self.restore(cause, retention).await?;
+                // The fold now stands at the artifact's cursor, checked
+                // against the bucket by K6.
+                self.relist_floor = None;
+                Ok(after)
+            }
             RepairPlan::Relist => {
                 let after = self.relist(cause).await?;
                 if after == AfterExpiry::Rewatch {
@@ -288,7 +306,7 @@ where
         if !S::DURABLE {
             return Err(AppliedError::RepairNeedsStore { reason });
         }
-        let Some(listed) = self.list_live_keys().await? else {
+        let Some((listed, floor)) = self.list_live_keys(reason.replaces_bucket()).await? else {
             return Ok(AfterExpiry::Shutdown);
         };
         let (fold_len, vanished) = self.vanished_keys(listed).await?;
@@ -319,23 +337,49 @@ where
         self.flush().await?;
         self.reporter().repair("relist");
         self.relist_next = true;
+        self.relist_floor = floor;
         Ok(AfterExpiry::Rewatch)
     }
 
     /// The keys the bucket lists live in scope now, from a state-sync watch
     /// read up to its `CaughtUp`, sorted externally in the repair's scratch
     /// directory; `None` when shutdown came first.
-    async fn list_live_keys(&mut self) -> Result<Option<KeySorter>, AppliedError> {
+    ///
+    /// With them comes the floor the state-sync that follows must still
+    /// find: the lowest listed put the fold may lack (above the fold's
+    /// cursor, or any when the bucket was `replaced`) and the first
+    /// sequence after the listing. The fold keeps every listed key, so if
+    /// the head passes such a put, or a later delete marker, before the
+    /// state-sync delivers it, the fold stays stale without that check.
+    async fn list_live_keys(
+        &mut self,
+        replaced: bool,
+    ) -> Result<Option<(KeySorter, Option<u64>)>, AppliedError> {
         // Before the watch opens: an unusable scratch directory fails the
         // repair whatever the listing's size.
         let mut listed = KeySorter::new(&self.config.scratch)?;
         let Some(mut stream) = self.open_listing().await? else {
             return Ok(None);
         };
+        // Above an unchecked floor the fold may lack retained entries.
+        let held = if replaced {
+            None
+        } else {
+            self.trusted_cursor().revision()
+        };
+        let mut lowest_needed: Option<u64> = None;
+        let mut highest: Option<u64> = None;
         loop {
             let update = match self.next_listed(&mut stream).await? {
                 Listed::Update(update) => update,
-                Listed::CaughtUp => return Ok(Some(listed)),
+                Listed::CaughtUp => {
+                    let after = highest.map(|h| h.saturating_add(1));
+                    let floor = match (lowest_needed, after) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    return Ok(Some((listed, floor)));
+                }
                 Listed::Shutdown => return Ok(None),
             };
             // Writes during the listing can deliver a key twice; the sorter
@@ -346,6 +390,12 @@ where
                 KvUpdate::Put(entry) => (entry.key, true),
                 KvUpdate::Delete(marker) | KvUpdate::Purge(marker) => (marker.key, false),
             };
+            if let Some(r) = revision {
+                highest = highest.max(Some(r));
+                if live && held.is_none_or(|c| r > c) {
+                    lowest_needed = Some(lowest_needed.map_or(r, |l| l.min(r)));
+                }
+            }
             if let Some(run) = listed.push(key, revision, live) {
                 let path = run.path().to_owned();
                 let written = tokio::task::spawn_blocking(move || run.write()).await;

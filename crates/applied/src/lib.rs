@@ -56,14 +56,17 @@
 //! cursor.
 //!
 //! When the cursor expires (the bucket's retention passed it while the
-//! node was down, or overran a running watch), the watch ends with
-//! [`AppliedError::CursorExpired`] unless [`AppliedConfig::on_expiry`]
-//! asks for a repair ([`OnExpiry::Repair`] with a [`RepairMode`]). A relist
-//! repair deletes, through `parse` and `apply`, every fold key the bucket
-//! no longer lists, before any re-listed value arrives; it is refused where
-//! the listing is not the truth (retention evicts current values) and held
-//! by the mass-delete guard ([`MassDeletePolicy`]) when it would delete
-//! most of the fold. Restores are not available yet.
+//! node was down, or overran a running watch), the engine repairs the fold
+//! as [`AppliedConfig::on_expiry`] says ([`OnExpiry`]; by default a
+//! relist when the engine has a store, a stop without one). A relist repair deletes, through `parse` and `apply`, every
+//! fold key the bucket no longer lists, before any re-listed value arrives;
+//! it is refused where the listing is not the truth (retention evicts
+//! current values) and held by the mass-delete guard
+//! ([`MassDeletePolicy`]) when it would delete most of the fold. A restore
+//! ([`RepairMode::Restore`], or [`RepairMode::Auto`] where a relist is
+//! refused) takes the newest artifact of [`AppliedConfig::restore_from`]'s
+//! source. [`OnExpiry::Stop`] ends the watch with
+//! [`AppliedError::CursorExpired`] instead.
 //!
 //! `apply` panicking aborts the watch (E10): the panic unwinds through
 //! [`AppliedWatch::run`], nothing of the batch is committed, and the next

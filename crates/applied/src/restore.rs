@@ -78,7 +78,7 @@ where
         let local = if cause.replaces_bucket() {
             0
         } else {
-            self.applied.rank()
+            self.trusted_cursor().rank()
         };
         if let Some(refusal) = self.check_manifest(&manifest, local, retention) {
             return Err(self.refused(cause, refusal));
@@ -381,7 +381,7 @@ where
         let trusted_up_to = if replaced {
             None
         } else {
-            self.applied.revision()
+            self.trusted_cursor().revision()
         };
         let store = self.take_store("restore scan").await?;
         let joined = tokio::task::spawn_blocking(move || {

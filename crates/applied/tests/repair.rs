@@ -340,6 +340,10 @@ enum Hook {
         server: MemoryServer,
         key: &'static str,
     },
+    /// Right before the `n`th state-sync watch opens, delete `c`, rewrite
+    /// `b`, `d` and `e`, and purge the stream up to the first rewrite: the
+    /// delete marker goes, and so does every put a listing saw.
+    PurgeBeforeRelist { n: usize, server: MemoryServer },
     /// Every state-sync watch (the listing) fails to open.
     FailListing,
     /// Every retention read fails.
@@ -388,6 +392,13 @@ impl KvWatcher for Hooked {
                     server.bucket("cfg").delete().unwrap();
                     let kv = bucket_with(server, StoreConfig::new("cfg")).await;
                     put(&kv, key, "third").await;
+                }
+                Hook::PurgeBeforeRelist { n, ref server } if n == nth => {
+                    self.inner.writer().delete("c").await.unwrap();
+                    let first = put(&self.inner, "b", "v4").await;
+                    put(&self.inner, "d", "v3").await;
+                    put(&self.inner, "e", "v2").await;
+                    server.bucket("cfg").purge_below(first).unwrap();
                 }
                 Hook::FailListing => {
                     return Err(KvError::BucketNotFound {
@@ -442,6 +453,29 @@ async fn a_key_deleted_and_recreated_in_the_gap_ends_present_because_deletes_com
     assert_eq!(app.seen().fold, fold);
 }
 
+/// Between the relist's listing (which saw `c` live) and its state-sync,
+/// `c` is deleted and the stream purged past its marker and past every put
+/// the listing saw. The state-sync cannot deliver the delete, so at its
+/// `CaughtUp` the head having passed what the listing saw starts another
+/// relist, which deletes `c`.
+#[tokio::test(start_paused = true)]
+async fn a_purge_between_a_relist_listing_and_its_state_sync_is_repaired_again() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let hook = Hook::PurgeBeforeRelist {
+        n: 2,
+        server: server.clone(),
+    };
+    let run = start(Hooked::new(&kv, hook), store, &app, |c| c);
+    // The hook's four writes follow `last`.
+    let store = run_to(run, last + 4).await;
+    let fold = fold_of(&store);
+    assert!(!fold.contains_key("c"), "{fold:?}");
+    assert_eq!(fold, truth(&kv).await);
+}
+
 /// The bucket is recreated while the node is down, and again between the
 /// relist's listing and its state-sync: the fold was compared with the
 /// second bucket, so the third one is repaired too, not taken as is.
@@ -477,13 +511,24 @@ async fn a_bucket_recreated_between_a_relist_listing_and_its_state_sync_is_repai
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_default_still_ends_an_expired_watch_with_cursor_expired() {
+async fn the_default_relists_where_the_listing_is_the_truth() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let run = start(kv.watcher(), store, &app, |c| c);
+    let store = run_to(run, last).await;
+    assert_eq!(fold_of(&store), truth(&kv).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_ends_an_expired_watch_with_cursor_expired_and_the_fold_as_committed() {
     let (server, kv) = bucket().await;
     let dir = tempfile::tempdir().unwrap();
     let app = App::new();
     let (store, _) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
     let before = fold_of(&store);
-    let run = start(kv.watcher(), store, &app, |c| c);
+    let run = start(kv.watcher(), store, &app, |c| c.on_expiry(OnExpiry::Stop));
     let finished = run.task.await.unwrap();
     assert!(
         matches!(finished.result, Err(AppliedError::CursorExpired { .. })),
@@ -913,4 +958,59 @@ async fn eviction_before_a_fresh_nodes_first_delivery_is_caught() {
         put(&kv, key, "v1").await;
     }
     stops_refusing_a_relist_after_an_overrun_at(run, 0, &Fold::new()).await;
+}
+
+/// A small bucket (history 1) written faster than the node reads:
+/// supersession alone moves the first sequence past the node's frontier,
+/// which the floor guard cannot tell from eviction. With the default
+/// configuration the node relists (the listing is the truth there) and
+/// goes on, rather than stopping.
+#[tokio::test(start_paused = true)]
+async fn a_hot_bucket_outrunning_a_default_node_is_relisted_not_stopped() {
+    let (_server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    for key in ["a", "b", "c"] {
+        put(&kv, key, "v0").await; // 1..=3
+    }
+    let store = synced_store(&kv, dir.path(), &app).await;
+    // Resumed as a delta watch at 3.
+    let mut run = start(kv.watcher(), store, &app, |c| c);
+    wait_status(&mut run.status, |s| s.is_ready() && s.applied == Some(3)).await;
+    // Before the node sees them, three rounds of rewrites (4..=12): every
+    // message up to 9 is superseded, so the next delivery is 10.
+    let mut last = 0;
+    for round in 1..=3 {
+        for key in ["a", "b", "c"] {
+            last = put(&kv, key, &format!("v{round}")).await;
+        }
+    }
+    let store = run_to(run, last).await;
+    assert_eq!(fold_of(&store), truth(&kv).await);
+}
+
+/// An operator's purge passing a fresh node's caught-up state-sync of a
+/// bucket that evicts nothing takes a delete marker the node has not seen.
+/// The gap at the next delivery is checked against the head (K4), and the
+/// relist then deletes the key.
+#[tokio::test(start_paused = true)]
+async fn a_purge_passing_a_caught_up_state_sync_of_a_plain_bucket_is_repaired() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    for key in ["a", "b", "c"] {
+        put(&kv, key, "v1").await; // 1..=3
+    }
+    let (_, store) = open_store(dir.path(), &FaultPlan::new());
+    let mut run = start(kv.watcher(), store, &app, |c| c);
+    wait_status(&mut run.status, |s| s.is_ready() && s.applied == Some(3)).await;
+    kv.writer().delete("a").await.unwrap(); // 4
+    put(&kv, "b", "v2").await; // 5
+    let last = put(&kv, "c", "v2").await; // 6
+    // Only superseded messages and the marker go.
+    server.bucket("cfg").purge_below(5).unwrap();
+    let store = run_to(run, last).await;
+    let fold = fold_of(&store);
+    assert!(!fold.contains_key("a"), "the purged delete still applies");
+    assert_eq!(fold, truth(&kv).await);
 }

@@ -132,16 +132,23 @@ fn an_old_incarnations_entry_above_the_fold_cursor_loses_to_the_artifact() {
     replay(734, Expose::StoreFailures, 5);
 }
 
-// Known gap, replayed with `SLIPSTREAM_DST_SEED=<seed>
-// SLIPSTREAM_DST_EXPOSE=state-sync-overrun` (it can fail, so it is not a
-// test here: CI runs ignored tests too): head eviction or a stream purge
-// passing a caught-up state-sync watch between two status refreshes. The
-// engine checks K1 at every `CaughtUp` and status refresh, and K4 on gaps
-// in a caught-up watch of an evicting bucket, from position 0 when it has
-// none (seeds 160, 512, 739 and 120 pass). Still seen, about one failure
-// per 1,000 schedules: a stream purge while the bucket did not evict
-// (seeds 821, 221 and 43, the last a purge passing a relist's state-sync). Checking gaps there too would catch them, but
-// supersession alone moves the first sequence of a bucket that keeps
-// every current value, so the check also trips on a hot key rewritten
-// faster than a node reads it (`store.rs`'s apply test did): a false
-// expiry, which stops a node configured without repair.
+/// An operator's stream purge passing a caught-up state-sync watch of a
+/// bucket that evicts nothing takes a delete marker the node never saw;
+/// the engine checks K4 on gaps in every caught-up All-scope watch, so the
+/// next delivery trips it and the relist deletes the key. Seeds 821 and
+/// 221 pass a fresh node's state-sync, 43 a relist's.
+#[test]
+fn a_stream_purge_passing_a_caught_up_state_sync_of_a_plain_bucket_is_repaired() {
+    for seed in [821, 221, 43] {
+        replay(seed, Expose::Nothing, 1);
+    }
+}
+
+/// A bucket recreated while the node was down, then purged between the
+/// relist's listing (which saw `k2` at 8) and its state-sync: the fold
+/// kept the old bucket's `k2` at 2. The head passing what the listing saw
+/// now starts another relist.
+#[test]
+fn a_purge_between_a_relists_listing_and_its_state_sync_is_noticed() {
+    replay(103, Expose::StoreFailures, 3);
+}

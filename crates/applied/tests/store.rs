@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{App, DEADLINE, FaultPlan, FaultStore, fold_of, open_store, yield_until};
 use slipstream_applied::{
-    AppliedConfig, AppliedError, AppliedWatch, BatchPolicy, Phase, StatusReceiver, Timeouts,
-    WatchStatus, export_channel,
+    AppliedConfig, AppliedError, AppliedWatch, BatchPolicy, OnExpiry, Phase, StatusReceiver,
+    Timeouts, WatchStatus, export_channel,
 };
 use slipstream_kv::{
     Connection, ExpiryReason, KvReader, KvStore, KvWriter, WatchCursor, WatchScope,
@@ -407,7 +407,7 @@ async fn a_store_whose_close_blocks_cannot_freeze_the_runtime() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_expired_cursor_at_resume_ends_the_watch_with_cursor_expired() {
+async fn with_stop_an_expired_cursor_at_resume_ends_the_watch_with_cursor_expired() {
     let (server, kv) = bucket().await;
     put_n(&kv, 0, 3).await;
     let dir = tempfile::tempdir().unwrap();
@@ -422,7 +422,7 @@ async fn an_expired_cursor_at_resume_ends_the_watch_with_cursor_expired() {
 
     put_n(&kv, 3, 4).await;
     server.bucket("cfg").purge_below(6).unwrap();
-    let run = start(&kv, store, &app, |c| c);
+    let run = start(&kv, store, &app, |c| c.on_expiry(OnExpiry::Stop));
     let finished = run.task.await.unwrap();
     match finished.result {
         Err(AppliedError::CursorExpired {
@@ -443,7 +443,7 @@ async fn an_expired_cursor_at_resume_ends_the_watch_with_cursor_expired() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_running_watch_overrun_by_retention_ends_with_cursor_expired() {
+async fn with_stop_a_running_watch_overrun_by_retention_ends_with_cursor_expired() {
     let (server, kv) = bucket().await;
     put_n(&kv, 0, 2).await;
     let dir = tempfile::tempdir().unwrap();
@@ -455,7 +455,7 @@ async fn a_running_watch_overrun_by_retention_ends_with_cursor_expired() {
     let store = run.task.await.unwrap().store.unwrap();
 
     // Resume as a delta watch, then let retention pass its frontier.
-    let mut run = start(&kv, store, &app, |c| c);
+    let mut run = start(&kv, store, &app, |c| c.on_expiry(OnExpiry::Stop));
     wait_status(&mut run.status, WatchStatus::is_ready).await;
     server.faults().stall_watches();
     put_n(&kv, 2, 4).await;

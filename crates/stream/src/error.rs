@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use slipstream_applied::AppliedError;
+use slipstream_applied::{AppliedError, RepairCause};
 use slipstream_kv::{BucketIdentity, ExpiryReason, KvError};
 
 /// What can go wrong in a projection of a plain JetStream stream.
@@ -118,15 +118,24 @@ impl StreamError {
 
 impl From<AppliedError> for StreamError {
     /// An engine that stopped because the stream's retention passed its
-    /// cursor (at resume or while tailing) becomes the typed
-    /// [`StreamError::RetentionExhausted`]; anything else is
-    /// [`StreamError::Engine`].
+    /// cursor (at resume or while tailing), with repairs off or with the
+    /// relist it tried refused because the stream evicts current values,
+    /// becomes the typed [`StreamError::RetentionExhausted`]; anything else
+    /// is [`StreamError::Engine`].
     fn from(err: AppliedError) -> Self {
         match err {
             AppliedError::CursorExpired {
                 reason:
                     ExpiryReason::BelowFirstSequence { first_sequence, .. }
                     | ExpiryReason::FloorOverrun { first_sequence, .. },
+                ..
+            }
+            | AppliedError::RelistRefused {
+                reason:
+                    RepairCause::Expired(
+                        ExpiryReason::BelowFirstSequence { first_sequence, .. }
+                        | ExpiryReason::FloorOverrun { first_sequence, .. },
+                    ),
                 ..
             } => Self::RetentionExhausted { first_sequence },
             AppliedError::CursorExpired {
@@ -182,6 +191,29 @@ mod tests {
         assert!(matches!(
             StreamError::from(engine),
             StreamError::RetentionExhausted { first_sequence: 9 }
+        ));
+    }
+
+    #[test]
+    fn a_refused_relist_after_the_floor_passed_is_exhausted_retention() {
+        let engine = AppliedError::RelistRefused {
+            reason: RepairCause::Expired(ExpiryReason::FloorOverrun {
+                frontier: 4,
+                first_sequence: 9,
+            }),
+            cursor: WatchCursor::at(4),
+        };
+        assert!(matches!(
+            StreamError::from(engine),
+            StreamError::RetentionExhausted { first_sequence: 9 }
+        ));
+        let cursorless = AppliedError::RelistRefused {
+            reason: RepairCause::CursorlessStart,
+            cursor: WatchCursor::none(),
+        };
+        assert!(matches!(
+            StreamError::from(cursorless),
+            StreamError::Engine(_)
         ));
     }
 

@@ -432,18 +432,20 @@ pub fn delete(key: &str, revision: u64) -> Result<WatchEvent, KvError> {
     })))
 }
 
-/// Yield to other tasks until `cond` holds; panic after `steps` yields.
+/// Yield to other tasks until `cond` holds, without letting a paused clock
+/// advance; panic once `steps` yields and the wall-clock [`DEADLINE`] have
+/// both passed (work on blocking threads runs in real time).
 pub async fn yield_until(mut cond: impl FnMut() -> bool, steps: usize, what: &str) {
-    for _ in 0..steps {
-        if cond() {
-            return;
-        }
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut yields = 0usize;
+    while !cond() {
+        assert!(
+            yields < steps || std::time::Instant::now() < deadline,
+            "condition not reached within {steps} yields and {DEADLINE:?}: {what}"
+        );
+        yields += 1;
         tokio::task::yield_now().await;
     }
-    assert!(
-        cond(),
-        "condition not reached within {steps} yields: {what}"
-    );
 }
 
 /// A bound for status waits; on a paused clock it elapses only when the

@@ -1,7 +1,6 @@
 //! The operations of `simulation_repair.rs`'s schedules: writes, head
 //! eviction, marker purges, ageing, exports, bucket recreation.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,26 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::common::faulty::{CommitLog, FaultyOptions, open_faulty};
 use crate::common::{App, DEADLINE, FaultPlan};
 use crate::repair_oracle::{Incarnation, Log};
-use crate::repair_sim::{
-    BUCKET, Backend, Expose, KEYS, Kind, MINUTE, Node, World, bucket, settled,
-};
+use crate::repair_sim::{BUCKET, Backend, KEYS, Kind, MINUTE, Node, World, bucket, settled};
 
 impl<B: Backend> World<B> {
-    /// The floor guard runs on delta watches only (N8): head eviction
-    /// passing the position of a state-sync watch (a fresh start's, a
-    /// relist's), after it caught up, goes unnoticed and loses what it
-    /// passed. Unless the schedule exposes that, such a watch catches up
-    /// before the head may move.
-    pub(crate) async fn shelter(&mut self, node: &mut Option<Node<B>>) {
-        if self.expose == Expose::StateSyncOverrun || !self.state_sync.load(Ordering::SeqCst) {
-            return;
-        }
-        if let Some(n) = node.as_mut() {
-            let target = self.caught_up_at();
-            let _ = settled(&mut n.status, self.server.clock(), target, self.last()).await;
-        }
-    }
-
     pub(crate) async fn write(&mut self) {
         let key = format!("k{}", self.rng.random_range(0..KEYS));
         let w = self.kv.writer();
@@ -115,7 +97,7 @@ impl<B: Backend> World<B> {
         self.trace(&format!("purge marker {key}@{rev} (then head: {})", !safe));
     }
 
-    pub(crate) async fn pause(&mut self, node: &mut Option<Node<B>>) {
+    pub(crate) async fn pause(&mut self) {
         match self.rng.random_range(0..4) {
             0 | 1 => {
                 for _ in 0..self.rng.random_range(0..6) {
@@ -130,9 +112,6 @@ impl<B: Backend> World<B> {
                 // Simulated server time and the engine's timers move
                 // together: ageing on one, retention refreshes on the other.
                 let by = MINUTE * self.rng.random_range(1..20);
-                if self.kind == Kind::Aged {
-                    self.shelter(node).await;
-                }
                 self.server.clock().advance(by);
                 // Noted before the node runs on: a listing it opens next
                 // comes after this eviction.

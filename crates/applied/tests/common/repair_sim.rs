@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,9 +57,9 @@ pub trait Backend: SnapshotStore {
 /// ignored tests of `simulation_repair.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expose {
-    /// Avoid every known gap: no injected commit failures, state-sync
-    /// watches caught up before the head moves, a write before exporting
-    /// an emptied stream, a restart for a lost cursor-only commit.
+    /// Avoid every known gap: no injected commit failures, a write before
+    /// exporting an emptied stream, a restart for a lost cursor-only
+    /// commit.
     Nothing,
     /// Inject commit failures (the default run); lost cursor-only commits
     /// still get a restart.
@@ -67,8 +67,6 @@ pub enum Expose {
     /// Inject commit failures, and no restart for a lost cursor-only
     /// commit.
     LostCursorCommit,
-    /// Head eviction may pass a lagging state-sync watch (no floor guard).
-    StateSyncOverrun,
     /// A fresh node meets an emptied evicting stream with only rank-0
     /// artifacts.
     EmptyStreamBootstrap,
@@ -103,8 +101,6 @@ pub(crate) struct Counted {
     inner: MemoryStore,
     listings: Arc<AtomicU64>,
     caught_up: Arc<AtomicU64>,
-    /// Whether the last watch opened is a state-sync.
-    state_sync: Arc<AtomicBool>,
 }
 
 impl KvWatcher for Counted {
@@ -116,7 +112,6 @@ impl KvWatcher for Counted {
         start: WatchStart,
     ) -> Result<Self::WatchStream, KvError> {
         let relist = start == WatchStart::Relist;
-        self.state_sync.store(relist, Ordering::SeqCst);
         let stream = self.inner.watch(scope, start).await?;
         if relist {
             self.listings.fetch_add(1, Ordering::SeqCst);
@@ -215,7 +210,6 @@ pub(crate) struct World<B: Backend> {
     pub(crate) relist_memory: usize,
     pub(crate) listings: Arc<AtomicU64>,
     pub(crate) caught_up: Arc<AtomicU64>,
-    pub(crate) state_sync: Arc<AtomicBool>,
     /// Which known gap the schedule does not work around.
     pub(crate) expose: Expose,
     pub(crate) source: Artifacts,
@@ -286,7 +280,6 @@ impl<B: Backend> World<B> {
             relist_memory,
             listings: Arc::default(),
             caught_up: Arc::default(),
-            state_sync: Arc::default(),
             expose: Expose::Nothing,
             source: Artifacts {
                 current: Arc::new(Mutex::new(LocalArtifacts::new(&artifacts))),
@@ -463,7 +456,6 @@ impl<B: Backend> World<B> {
             inner: self.kv.clone(),
             listings: Arc::clone(&self.listings),
             caught_up: Arc::clone(&self.caught_up),
-            state_sync: Arc::clone(&self.state_sync),
         };
         let watch = AppliedWatch::new(watcher, config);
         let status = watch.status();
@@ -771,10 +763,6 @@ async fn schedule<B: Backend>(seed: u64, expose: Expose) {
             w.crash(node.take().unwrap()).await;
         }
         let op = w.rng.random_range(0..100);
-        let evicts = matches!(op, 56..72) || op < 40 && w.max_msgs.is_some();
-        if evicts {
-            w.shelter(&mut node).await;
-        }
         match op {
             0..40 => w.write().await,
             40..48 => match node.take() {
@@ -805,7 +793,7 @@ async fn schedule<B: Backend>(seed: u64, expose: Expose) {
             _ => {}
         }
         w.note_evictions();
-        w.pause(&mut node).await;
+        w.pause().await;
         w.note_evictions();
     }
     let node = w.converge(node).await;
@@ -846,13 +834,12 @@ pub fn run_seed<B: Backend>(seed: u64, expose: Expose) {
 
 /// Run the default number of schedules on `B` (with injected commit
 /// failures), or what the environment asks for (`SLIPSTREAM_DST_EXPOSE` =
-/// `none` runs them without failures; `lost-cursor-commit`,
-/// `state-sync-overrun` or `empty-stream-bootstrap` exposing that gap).
+/// `none` runs them without failures; `lost-cursor-commit` or
+/// `empty-stream-bootstrap` exposing that gap).
 pub fn run_schedules<B: Backend>() {
     let expose = match std::env::var("SLIPSTREAM_DST_EXPOSE").as_deref() {
         Ok("store-failures") => Expose::StoreFailures,
         Ok("lost-cursor-commit") => Expose::LostCursorCommit,
-        Ok("state-sync-overrun") => Expose::StateSyncOverrun,
         Ok("empty-stream-bootstrap") => Expose::EmptyStreamBootstrap,
         Ok("none") => Expose::Nothing,
         _ => Expose::StoreFailures,
