@@ -108,11 +108,6 @@ pub(crate) struct Engine<W, S, P, A, O, T> {
     /// The next watch resumes after this position instead of the applied
     /// cursor (R8: a gap of supersession only).
     pub(crate) resume_at: Option<WatchCursor>,
-    /// After a relist, until a caught-up watch has checked it: the first
-    /// sequence the bucket may have, lest the head have passed an entry
-    /// the listing saw and the fold still lacks (see `list_live_keys`).
-    /// Until then the fold is trusted, and committed, only below it.
-    pub(crate) relist_floor: Option<u64>,
     pending: Pending<T>,
     store_failures: u32,
     window: Pin<Box<Sleep>>,
@@ -157,7 +152,6 @@ where
             identity: None,
             relist_next: false,
             resume_at: None,
-            relist_floor: None,
             pending: Pending::new(capacity),
             store_failures: 0,
             window: Box::pin(sleep(config.batch.window)),
@@ -302,9 +296,7 @@ where
     pub(crate) async fn commit_all(&mut self) -> Result<(), AppliedError> {
         self.flush().await?;
         self.settle().await?;
-        while !self.pending.raw.is_empty()
-            || (S::DURABLE && self.committed != self.trusted_cursor())
-        {
+        while !self.pending.raw.is_empty() || (S::DURABLE && self.committed != self.applied) {
             sleep(self.config.retry.backoff(self.store_failures)).await;
             self.flush().await?;
             self.settle().await?;
@@ -434,17 +426,18 @@ where
             Some(Err(KvError::CursorExpired { reason })) => Ok(Some(StreamEnd::Expired(reason))),
             Some(Err(e)) => Ok(Some(StreamEnd::Failed(e))),
             Some(Ok(WatchEvent::CaughtUp)) => {
-                self.flush().await?;
-                // `Ready` comes with the caught-up cursor committed.
-                self.settle().await?;
+                // `Ready` comes with the caught-up cursor committed: a
+                // failed commit is retried here, not after the phase says
+                // the store holds it.
+                self.commit_all().await?;
                 // A state-sync skips what the head passes mid-listing and
                 // still catches up: check at once, not at the next refresh.
-                let checking_floor = self.relist_floor.is_some();
+                let checking_floor = self.applied.unchecked_floor().is_some();
                 if let Some(reason) = self.refresh_retention(true).await? {
                     return Ok(Some(StreamEnd::Expired(reason)));
                 }
-                if checking_floor && self.relist_floor.is_none() {
-                    // The cursor held below the floor can move now.
+                if checking_floor && self.applied.unchecked_floor().is_none() {
+                    // `Ready` comes with the checked cursor committed.
                     self.flush().await?;
                     self.settle().await?;
                 }
@@ -529,7 +522,7 @@ where
             if S::DURABLE {
                 self.settle().await?;
             }
-            if self.committed == self.trusted_cursor() {
+            if self.committed == self.applied {
                 self.retry_armed = false;
                 return Ok(());
             }
@@ -558,11 +551,11 @@ where
         }
     }
 
-    /// The applied cursor, held below an unchecked relist floor: a node
-    /// restarted from it resumes where K1 still sees a purge that passed
-    /// the floor.
+    /// The applied cursor, held below a relist's unchecked floor: above
+    /// it, the fold may lack retained entries (see `list_live_keys`), so
+    /// repairs trust it only this far.
     pub(crate) fn trusted_cursor(&self) -> WatchCursor {
-        match (self.relist_floor, self.applied.revision()) {
+        match (self.applied.unchecked_floor(), self.applied.revision()) {
             (Some(floor), Some(revision)) if revision >= floor => {
                 self.applied.advanced(floor.saturating_sub(1), None)
             }
@@ -585,7 +578,7 @@ where
         // Taken after the previous commit settled: a failed one is already
         // back in front of the newer updates, so this commit is cumulative.
         let mut raw = mem::replace(&mut self.pending.raw, mem::take(&mut self.spare));
-        let cursor = self.trusted_cursor();
+        let cursor = self.applied.clone();
         self.retry_armed = false;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let started = StdInstant::now();
@@ -726,18 +719,19 @@ where
                         }));
                     }
                 }
-                if caught_up && let Some(floor) = self.relist_floor {
+                if caught_up && let Some(floor) = self.applied.unchecked_floor() {
                     // A relist's listing saw entries its state-sync must
                     // deliver again; one the head passed in between (a
-                    // purge) would leave the fold stale. The floor stays
-                    // until a repair replaces it.
+                    // purge) would leave the fold stale. The floor is in
+                    // the committed cursor, so a restart checks it too; it
+                    // stays until checked here or a repair replaces it.
                     if retention.first_revision > floor {
                         return Ok(Some(ExpiryReason::FloorOverrun {
                             frontier: floor.saturating_sub(1),
                             first_sequence: retention.first_revision,
                         }));
                     }
-                    self.relist_floor = None;
+                    self.applied = self.applied.clone().with_unchecked_floor(None);
                 }
                 // No position yet is position 0: a listing that found the
                 // stream emptied after its start was planned lost what left.

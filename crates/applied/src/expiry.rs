@@ -109,7 +109,7 @@ where
                 self.reporter().repair("supersession");
                 // Whatever a relist's state-sync missed was superseded by
                 // entries this resume delivers.
-                self.relist_floor = None;
+                self.applied = self.applied.clone().with_unchecked_floor(None);
                 self.resume_at = Some(self.applied.advanced(from, None));
                 return Ok(AfterExpiry::Rewatch);
             }
@@ -192,7 +192,7 @@ where
                 );
                 self.reporter().repair("relist_only");
                 // Mode None accepts what a listing misses.
-                self.relist_floor = None;
+                self.applied = self.applied.clone().with_unchecked_floor(None);
                 if replaced {
                     self.restart_cursor(retention).await?;
                 } else {
@@ -208,13 +208,7 @@ where
                     cursor: self.committed().clone(),
                 })
             }
-            RepairPlan::Restore => {
-                let after = self.restore(cause, retention).await?;
-                // The fold now stands at the artifact's cursor, checked
-                // against the bucket by K6.
-                self.relist_floor = None;
-                Ok(after)
-            }
+            RepairPlan::Restore => self.restore(cause, retention).await,
             RepairPlan::Relist => {
                 let after = self.relist(cause).await?;
                 if after == AfterExpiry::Rewatch {
@@ -253,7 +247,10 @@ where
     /// nothing there. Start over from no position in the new incarnation,
     /// keeping the eviction memo (R5 never forgets).
     async fn restart_cursor(&mut self, retention: &Retention) -> Result<(), AppliedError> {
-        let mut fresh = WatchCursor::none().with_identity(retention.identity.clone());
+        // A relist's floor is already in the new incarnation's sequences.
+        let mut fresh = WatchCursor::none()
+            .with_identity(retention.identity.clone())
+            .with_unchecked_floor(self.applied.unchecked_floor());
         if self.applied.seen_evicting() {
             fresh = fresh.with_seen_evicting();
         }
@@ -337,7 +334,7 @@ where
         self.flush().await?;
         self.reporter().repair("relist");
         self.relist_next = true;
-        self.relist_floor = floor;
+        self.applied = self.applied.clone().with_unchecked_floor(floor);
         Ok(AfterExpiry::Rewatch)
     }
 

@@ -78,7 +78,9 @@ where
         let local = if cause.replaces_bucket() {
             0
         } else {
-            self.trusted_cursor().rank()
+            // K5: the committed cursor never goes back, so an artifact
+            // must be ahead of the applied cursor itself.
+            self.applied.rank()
         };
         if let Some(refusal) = self.check_manifest(&manifest, local, retention) {
             return Err(self.refused(cause, refusal));

@@ -152,3 +152,12 @@ fn a_stream_purge_passing_a_caught_up_state_sync_of_a_plain_bucket_is_repaired()
 fn a_purge_between_a_relists_listing_and_its_state_sync_is_noticed() {
     replay(103, Expose::StoreFailures, 3);
 }
+
+/// A node killed after its relist's state-sync committed, before the floor
+/// the listing left was checked: the floor is in the committed cursor, so
+/// the restarted node checks it at its first `CaughtUp` and repairs (here
+/// by a restore) instead of taking the fold as whole.
+#[test]
+fn a_relists_unchecked_floor_survives_a_restart() {
+    replay(414, Expose::StoreFailures, 3);
+}

@@ -564,3 +564,20 @@ async fn a_store_that_stopped_committing_resumes_from_its_last_real_commit() {
     let truth = truth(&kv).await;
     assert_eq!(fold_of(&finished.store.unwrap()), truth);
 }
+
+/// `Ready` says the caught-up cursor is in the store: a commit that fails
+/// at the `CaughtUp` is retried before the phase changes, not after.
+#[tokio::test(start_paused = true)]
+async fn ready_comes_with_the_caught_up_cursor_committed_even_after_a_failed_commit() {
+    let (_server, kv) = bucket().await;
+    put_n(&kv, 0, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    plan.state().fail_at.extend([1, 2]);
+    let (_, store) = open_store(dir.path(), &plan);
+    let mut run = start(&kv, store, &App::new(), |c| c);
+    let ready = wait_status(&mut run.status, WatchStatus::is_ready).await;
+    assert_eq!(ready.applied, Some(3), "{ready:?}");
+    run.token.cancel();
+    run.task.await.unwrap().result.unwrap();
+}

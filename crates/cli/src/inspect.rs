@@ -94,6 +94,10 @@ pub(crate) fn render(
                 .identity()
                 .map_or_else(|| "unknown".to_owned(), ToString::to_string),
         ),
+        (
+            "memo: unchecked floor",
+            revision(info.cursor.unchecked_floor()),
+        ),
     ];
     for (name, value) in lines {
         let _ = writeln!(out, "{name:<24}{value}");
@@ -118,6 +122,12 @@ fn resumable(cursor: &WatchCursor, r: &Retention) -> &'static str {
     if cursor.identity().is_some_and(|id| *id != r.identity) {
         return "no: the bucket was recreated since the cursor was taken";
     }
+    if cursor
+        .unchecked_floor()
+        .is_some_and(|floor| r.first_revision > floor)
+    {
+        return "no: retention has passed the floor a relist left unchecked (a mirror repairs again)";
+    }
     match cursor.revision() {
         None => "n/a: no cursor yet (a mirror starts with a full sync)",
         Some(rev) if rev > r.last_revision => "no: the cursor is beyond the stream's last sequence",
@@ -125,5 +135,34 @@ fn resumable(cursor: &WatchCursor, r: &Retention) -> &'static str {
             "no: retention has passed the cursor (a mirror needs a repair)"
         }
         Some(_) => "yes: a mirror resumes with the delta",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use slipstream::kv::{BucketIdentity, Timestamp};
+
+    use super::*;
+
+    fn retention(first: u64, last: u64) -> Retention {
+        Retention {
+            evicts_current_values: false,
+            first_revision: first,
+            last_revision: last,
+            identity: BucketIdentity {
+                stream: "KV_cfg".into(),
+                created: Timestamp::from_unix_nanos(1),
+            },
+            max_age: None,
+            age_is_only_eviction: false,
+            observed_at: Timestamp::from_unix_nanos(2),
+        }
+    }
+
+    #[test]
+    fn a_passed_unchecked_floor_is_not_resumable_even_within_the_window() {
+        let cursor = WatchCursor::at(20).with_unchecked_floor(Some(8));
+        assert!(resumable(&cursor, &retention(12, 30)).starts_with("no:"));
+        assert!(resumable(&cursor, &retention(8, 30)).starts_with("yes:"));
     }
 }

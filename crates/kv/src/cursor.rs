@@ -62,11 +62,15 @@ struct CursorMemo {
     seen_evicting: bool,
     identity: Option<BucketIdentity>,
     message_time: Option<Timestamp>,
+    unchecked_floor: Option<u64>,
 }
 
 impl CursorMemo {
     fn is_empty(&self) -> bool {
-        !self.seen_evicting && self.identity.is_none() && self.message_time.is_none()
+        !self.seen_evicting
+            && self.identity.is_none()
+            && self.message_time.is_none()
+            && self.unchecked_floor.is_none()
     }
 }
 
@@ -76,8 +80,9 @@ impl CursorMemo {
 /// Opaque to users: persist it with [`WatchCursor::to_bytes`] and hand it
 /// back through [`WatchCursor::from_bytes`]. It carries a memo for the repair
 /// rules: whether retention was ever seen evicting current values, the bucket
-/// identity it was taken against, and the server time of the message at the
-/// cursor. A plain-revision cursor keeps the memo off the heap.
+/// identity it was taken against, the server time of the message at the
+/// cursor, and a relist's floor not yet checked. A plain-revision cursor
+/// keeps the memo off the heap.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct WatchCursor {
     revision: Option<u64>,
@@ -89,7 +94,9 @@ const FLAG_REVISION: u8 = 1 << 0;
 const FLAG_SEEN_EVICTING: u8 = 1 << 1;
 const FLAG_IDENTITY: u8 = 1 << 2;
 const FLAG_MESSAGE_TIME: u8 = 1 << 3;
-const KNOWN_FLAGS: u8 = FLAG_REVISION | FLAG_SEEN_EVICTING | FLAG_IDENTITY | FLAG_MESSAGE_TIME;
+const FLAG_UNCHECKED_FLOOR: u8 = 1 << 4;
+const KNOWN_FLAGS: u8 =
+    FLAG_REVISION | FLAG_SEEN_EVICTING | FLAG_IDENTITY | FLAG_MESSAGE_TIME | FLAG_UNCHECKED_FLOOR;
 
 impl WatchCursor {
     /// No position: nothing applied yet.
@@ -138,6 +145,21 @@ impl WatchCursor {
     #[must_use]
     pub fn message_time(&self) -> Option<Timestamp> {
         self.memo.as_ref().and_then(|m| m.message_time)
+    }
+
+    /// After a relist, until a caught-up watch has checked it: the first
+    /// sequence the bucket may have. A purge past it between the relist's
+    /// listing and its state-sync took an entry the fold still lacks.
+    #[must_use]
+    pub fn unchecked_floor(&self) -> Option<u64> {
+        self.memo.as_ref().and_then(|m| m.unchecked_floor)
+    }
+
+    /// Record (or, with `None`, clear) the floor a relist left unchecked.
+    #[must_use]
+    pub fn with_unchecked_floor(mut self, floor: Option<u64>) -> Self {
+        self.update_memo(|m| m.unchecked_floor = floor);
+        self
     }
 
     /// The same memo at a new revision and message time. The memo's
@@ -204,6 +226,10 @@ impl WatchCursor {
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(&name[..usize::from(len)]);
         }
+        if let Some(floor) = self.unchecked_floor() {
+            flags |= FLAG_UNCHECKED_FLOOR;
+            out.extend_from_slice(&floor.to_be_bytes());
+        }
         out[1] = flags;
         out
     }
@@ -251,6 +277,9 @@ fn decode(bytes: &[u8]) -> Result<WatchCursor, CursorDecodeError> {
             .to_owned();
         cursor = cursor.with_identity(BucketIdentity { stream, created });
     }
+    if flags & FLAG_UNCHECKED_FLOOR != 0 {
+        cursor = cursor.with_unchecked_floor(Some(take_u64(&mut rest)?));
+    }
     if !rest.is_empty() {
         return Err(CursorDecodeError::TrailingBytes);
     }
@@ -276,7 +305,8 @@ impl fmt::Debug for WatchCursor {
         if let Some(m) = &self.memo {
             d.field("seen_evicting", &m.seen_evicting)
                 .field("identity", &m.identity)
-                .field("message_time", &m.message_time);
+                .field("message_time", &m.message_time)
+                .field("unchecked_floor", &m.unchecked_floor);
         }
         d.finish()
     }
@@ -328,14 +358,28 @@ mod tests {
         assert!(c.seen_evicting());
     }
 
+    #[test]
+    fn an_unchecked_floor_survives_advancing_and_encoding_until_cleared() {
+        let c = WatchCursor::at(3)
+            .with_unchecked_floor(Some(7))
+            .advanced(9, None);
+        assert_eq!(c.unchecked_floor(), Some(7));
+        let decoded = WatchCursor::from_bytes(&c.to_bytes()).unwrap();
+        assert_eq!(decoded.unchecked_floor(), Some(7));
+        let cleared = decoded.with_unchecked_floor(None);
+        assert_eq!(cleared, WatchCursor::at(9));
+        assert_eq!(cleared.to_bytes().len(), 10);
+    }
+
     fn arb_cursor() -> impl Strategy<Value = WatchCursor> {
         (
             proptest::option::of(any::<u64>()),
             any::<bool>(),
             proptest::option::of(any::<u64>()),
             proptest::option::of(("[a-zA-Z0-9_-]{0,40}", any::<u64>())),
+            proptest::option::of(any::<u64>()),
         )
-            .prop_map(|(rev, evicting, time, id)| {
+            .prop_map(|(rev, evicting, time, id, floor)| {
                 let mut c = rev.map_or_else(WatchCursor::none, WatchCursor::at);
                 if evicting {
                     c = c.with_seen_evicting();
@@ -347,7 +391,7 @@ mod tests {
                         created: Timestamp::from_unix_nanos(created),
                     });
                 }
-                c
+                c.with_unchecked_floor(floor)
             })
     }
 
