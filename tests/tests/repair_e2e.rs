@@ -526,3 +526,99 @@ for_each_store!(recreated_bucket_is_repaired:
     append_log_a_recreated_bucket_is_detected_and_repaired_not_waited_on,
     fjall_a_recreated_bucket_is_detected_and_repaired_not_waited_on,
     rocksdb_a_recreated_bucket_is_detected_and_repaired_not_waited_on);
+
+// ---------------------------------------------------------------------------
+// Scenario 7: listings while keys are rewritten
+// ---------------------------------------------------------------------------
+
+const HOT_KEYS: u64 = 7;
+const HOT_WRITES: u64 = 3_000;
+
+/// Two writers rewriting `HOT_KEYS` keys (history 1) `HOT_WRITES` times
+/// each; returns their handles.
+fn rewrite_hot_keys(live: &Arc<Live>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..2)
+        .map(|writer| {
+            let live = Arc::clone(live);
+            tokio::spawn(async move {
+                for n in 0..HOT_WRITES {
+                    live.put(&format!("k{}", (n * 3 + writer) % HOT_KEYS), "v")
+                        .await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// A key's pending message goes when the key is rewritten before it is
+/// delivered; the rewrite comes later. A state-sync counted as caught up
+/// without it lists fewer keys than the bucket holds, and a relist would
+/// delete them. Every listing taken while the keys are rewritten lists all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_state_sync_taken_while_keys_are_rewritten_lists_every_key() {
+    use futures::StreamExt;
+    use slipstream_kv::{KvUpdate, KvWatcher, WatchEvent, WatchStart};
+
+    let live = Arc::new(Live::start("hot", StoreConfig::new("hot").history(1)).await);
+    for k in 0..HOT_KEYS {
+        live.put(&format!("k{k}"), "v").await;
+    }
+    let writers = rewrite_hot_keys(&live);
+    let mut listings = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        let mut watch = live
+            .bucket
+            .watch(&WatchScope::All, WatchStart::Relist)
+            .await
+            .unwrap();
+        let mut keys = std::collections::BTreeSet::new();
+        loop {
+            let event = tokio::time::timeout(harness::BOUND, watch.next())
+                .await
+                .expect("the listing catches up")
+                .expect("the watch goes on")
+                .unwrap();
+            match event {
+                WatchEvent::CaughtUp => break,
+                WatchEvent::Update(KvUpdate::Put(entry)) => {
+                    keys.insert(entry.key);
+                }
+                WatchEvent::Update(other) => panic!("no key was deleted: {other:?}"),
+            }
+        }
+        listings += 1;
+        assert_eq!(keys.len() as u64, HOT_KEYS, "listing {listings}: {keys:?}");
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(listings > 0);
+}
+
+/// A node with the default configuration starts while a small bucket's
+/// keys are rewritten: whatever it repairs, it never deletes a key (nor is
+/// it held by the mass-delete guard), and it ends equal to the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_node_on_rewritten_keys_never_deletes_one() {
+    let live = Arc::new(Live::start("hot", StoreConfig::new("hot").history(1)).await);
+    for k in 0..HOT_KEYS {
+        live.put(&format!("k{k}"), "v").await;
+    }
+    let (_, store) = open_store::<AppendLogStore>(&live.fold_dir()).await;
+    let app = App::resuming(&store);
+    let writers = rewrite_hot_keys(&live);
+    let mut node = start_node(&live, store, &app, plain);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let last = live.stream_last().await;
+    wait_applied(&mut node, last).await;
+    let deletes: Vec<Op> = app
+        .parsed()
+        .into_iter()
+        .filter(|op| matches!(op, Op::Delete(..)))
+        .collect();
+    assert_eq!(deletes, [], "watched {:?}", node.watched());
+    let store = stop(node).await;
+    assert_converged(&live, &store, &app).await;
+}

@@ -344,6 +344,9 @@ enum Hook {
     /// `b`, `d` and `e`, and purge the stream up to the first rewrite: the
     /// delete marker goes, and so does every put a listing saw.
     PurgeBeforeRelist { n: usize, server: MemoryServer },
+    /// Rewrite `key` right after the `n`th state-sync watch opened: the
+    /// message of `key` it was created over goes before it is delivered.
+    RewriteAfterOpen { n: usize, key: &'static str },
     /// Every state-sync watch (the listing) fails to open.
     FailListing,
     /// Every retention read fails.
@@ -408,7 +411,15 @@ impl KvWatcher for Hooked {
                 _ => {}
             }
         }
-        self.inner.watch(scope, start).await
+        let relist = start == WatchStart::Relist;
+        let watch = self.inner.watch(scope, start).await?;
+        if let Hook::RewriteAfterOpen { n, key } = self.hook
+            && relist
+            && self.relists.load(Ordering::SeqCst) == n
+        {
+            put(&self.inner, key, "rewritten").await;
+        }
+        Ok(watch)
     }
 
     async fn retention(&self) -> Result<Retention, KvError> {
@@ -451,6 +462,25 @@ async fn a_key_deleted_and_recreated_in_the_gap_ends_present_because_deletes_com
     assert!(delete_at < put_at, "{parsed:?}");
     assert_eq!(fold, truth(&kv).await);
     assert_eq!(app.seen().fold, fold);
+}
+
+/// A key rewritten right after the listing opened: its message in the
+/// listing's snapshot goes before delivery, so it shows up only after the
+/// rest of the snapshot. The listing is complete only with it; a listing
+/// taken as caught up without it deletes a live key (and here, where that
+/// is half the fold, stops at the mass-delete guard).
+#[tokio::test(start_paused = true)]
+async fn a_key_rewritten_while_the_listing_runs_is_listed_not_deleted() {
+    let (server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::new();
+    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let hook = Hook::RewriteAfterOpen { n: 1, key: "b" };
+    let run = start(Hooked::new(&kv, hook), store, &app, |c| c);
+    let store = run_to(run, last + 1).await;
+    let synthetic = app.seen().parsed.iter().filter(|r| r.is_none()).count();
+    assert_eq!(synthetic, 1, "only `a` is deleted: {:?}", app.seen().parsed);
+    assert_eq!(fold_of(&store), truth(&kv).await);
 }
 
 /// Between the relist's listing (which saw `c` live) and its state-sync,

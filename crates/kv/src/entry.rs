@@ -99,6 +99,9 @@ pub enum WatchEvent {
     /// A change, in revision order.
     Update(KvUpdate),
     /// Everything pending when the watch was created has been delivered
-    /// (immediately for an empty scope). Sent once per watch.
+    /// (immediately for an empty scope), and so has the rewrite of any key
+    /// whose pending message went before delivery: the updates so far are
+    /// the scope as of the last one. A key absent from a caught-up
+    /// state-sync is absent from the bucket. Sent once per watch.
     CaughtUp,
 }

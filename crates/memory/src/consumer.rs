@@ -47,6 +47,9 @@ struct Core {
     next_seq: u64,
     /// The last sequence when the consumer was created.
     created_at_last: u64,
+    /// A message of the creation-time snapshot went before delivery (its
+    /// key was rewritten, purged or evicted); a rewrite comes later.
+    skipped_snapshot: bool,
 }
 
 impl Core {
@@ -85,6 +88,7 @@ impl Core {
             backlog,
             next_seq,
             created_at_last: last,
+            skipped_snapshot: false,
         })
     }
 
@@ -130,6 +134,7 @@ impl Core {
             if let Some(m) = bucket.message(seq) {
                 return Poll::Ready(Step::Message(m.clone(), first));
             }
+            self.skipped_snapshot = true;
         }
         match bucket.next_matching(self.next_seq, &self.scope) {
             Some(m) => {
@@ -287,7 +292,13 @@ impl Stream for MemoryWatch {
                 {
                     return self.fail(e);
                 }
-                if !self.caught_up_sent && m.sequence > self.core.created_at_last {
+                // Past the snapshot the watch has caught up, unless a key's
+                // snapshot message went: its rewrite is still to come, so
+                // only an idle consumer (nothing pending) has caught up.
+                if !self.caught_up_sent
+                    && m.sequence > self.core.created_at_last
+                    && !self.core.skipped_snapshot
+                {
                     self.caught_up_sent = true;
                     self.held = Some(m);
                     return Poll::Ready(Some(Ok(WatchEvent::CaughtUp)));

@@ -19,6 +19,9 @@ use crate::error::NatsError;
 /// JetStream's error code for "stream not found".
 pub(crate) const STREAM_NOT_FOUND: u64 = 10059;
 
+/// JetStream's error code for "no message found".
+const NO_MESSAGE_FOUND: u64 = 10037;
+
 /// What every handle of one connection shares.
 #[derive(Debug)]
 pub(crate) struct ConnShared {
@@ -112,6 +115,38 @@ impl ConnShared {
             .await;
         match reply {
             Ok(v) => StreamFacts::from_info(stream, &v),
+            Err(NatsError::Api { err_code, .. }) if err_code == STREAM_NOT_FOUND => {
+                Err(NatsError::BucketNotFound(bucket_of(stream).to_owned()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl ConnShared {
+    /// The sequence of the stream's last message on a subject matching
+    /// `filter` (wildcards allowed); `None` when no message matches.
+    pub(crate) async fn last_sequence_matching(
+        &self,
+        stream: &str,
+        filter: &str,
+    ) -> Result<Option<u64>, NatsError> {
+        let reply = self
+            .api(
+                "last message get",
+                &format!("STREAM.MSG.GET.{stream}"),
+                &serde_json::json!({ "last_by_subj": filter }),
+            )
+            .await;
+        match reply {
+            Ok(v) => v["message"]["seq"]
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| NatsError::Request {
+                    operation: "last message get".to_owned(),
+                    reason: "reply lacks the message's sequence".to_owned(),
+                }),
+            Err(NatsError::Api { err_code, .. }) if err_code == NO_MESSAGE_FOUND => Ok(None),
             Err(NatsError::Api { err_code, .. }) if err_code == STREAM_NOT_FOUND => {
                 Err(NatsError::BucketNotFound(bucket_of(stream).to_owned()))
             }

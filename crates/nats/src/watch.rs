@@ -211,12 +211,23 @@ impl KvWatcher for NatsBucket {
             WatchScope::Prefixes(ps) => ps.clone(),
         };
         let filters = filter_subjects(&self.inner.keyspace, &prefixes);
+        let mut settle = Settle::default();
         let (consumer, identity, frontier) = match &start {
             WatchStart::Relist => {
                 let identity = self.facts().await?.identity;
                 let consumer = self
                     .watch_consumer(&filters, StartPolicy::LastPerSubject)
                     .await?;
+                // Past the last sequence after creation, the consumer
+                // delivers every retained message (see `Settle`).
+                let after = match self.facts().await {
+                    Ok(after) => after,
+                    Err(e) => {
+                        consumer.delete().await;
+                        return Err(e);
+                    }
+                };
+                settle.every_message_after = after.last_sequence;
                 (consumer, identity, None)
             }
             WatchStart::After(cursor) => {
@@ -235,6 +246,12 @@ impl KvWatcher for NatsBucket {
         let task = WatchTask {
             bucket: self.clone(),
             floor_guard: scope.is_all() && frontier.is_some(),
+            start_kind: match start {
+                WatchStart::Relist => StartKind::StateSync,
+                WatchStart::After(_) => StartKind::Delta,
+            },
+            all_scope: scope.is_all(),
+            settle,
             filters,
             identity,
             frontier,
@@ -255,6 +272,41 @@ impl KvWatcher for NatsBucket {
     }
 }
 
+/// Settling a state-sync's catch-up while writes go on.
+///
+/// A key whose pending message was rewritten before delivery shows up
+/// only later, with its rewrite. Past `every_message_after` the consumer
+/// delivers every retained message, so a key not yet delivered by then has
+/// its latest message beyond what was delivered. Reading the stream's last
+/// sequence `L` at a delivery `d` there, and then receiving every sequence
+/// from `d + 1` to `L` without a gap, delivers each such key: no quiet
+/// moment at the stream's tail is needed. A gap (a message removed before
+/// delivery) drops the window until the next hint.
+#[derive(Debug, Default)]
+struct Settle {
+    every_message_after: u64,
+    window: Option<Window>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    delivered: u64,
+    target: u64,
+}
+
+/// Where the scope's last message lies against what was delivered.
+enum Tail {
+    Delivered,
+    Beyond(u64),
+}
+
+/// How the watch began; a state-sync's catch-up needs checking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartKind {
+    StateSync,
+    Delta,
+}
+
 enum Step {
     Probe,
     Got(Delivery),
@@ -271,10 +323,15 @@ struct WatchTask {
     filters: Vec<String>,
     identity: BucketIdentity,
     floor_guard: bool,
+    start_kind: StartKind,
+    /// Unfiltered: the stream's last sequence is the scope's.
+    all_scope: bool,
+    settle: Settle,
     /// The highest revision passed on (or the resume cursor's).
     frontier: Option<u64>,
     expected_cseq: u64,
-    /// Deliveries left before `CaughtUp`; `None` once it was sent.
+    /// Deliveries left before `CaughtUp` by count, used only when a reply
+    /// subject carries no pending number; `None` once it was sent.
     catch_up: Option<u64>,
     out: Outbox,
 }
@@ -321,7 +378,12 @@ impl WatchTask {
                     "heartbeat reports consumer sequence {last}, next expected {}",
                     self.expected_cseq
                 )),
-                Step::Got(Delivery::Heartbeat { .. }) => Flow::Continue,
+                Step::Got(Delivery::Heartbeat { .. }) => {
+                    // Idle with the catch-up unsettled: the last hint may
+                    // have come before a rewrite that was then removed.
+                    self.settle_catch_up().await;
+                    Flow::Continue
+                }
                 Step::Got(Delivery::Ended(reason)) => Flow::Recreate(reason),
                 Step::Got(Delivery::Idle) => {
                     Flow::Recreate(format!("no delivery or heartbeat for {stall_after:?}"))
@@ -340,6 +402,13 @@ impl WatchTask {
                     match self.recreate(settings.reconnect_budget).await {
                         Ok(next) => {
                             consumer = next;
+                            // A consumer re-created after a delivery starts
+                            // right after it; one re-created before any is a
+                            // fresh state-sync, settled by the tail only.
+                            self.settle = Settle {
+                                every_message_after: self.frontier.unwrap_or(u64::MAX),
+                                window: None,
+                            };
                             self.arm_catch_up(consumer.initial_pending).await;
                         }
                         Err(e) => {
@@ -412,14 +481,90 @@ impl WatchTask {
         }
         if let Some(left) = self.catch_up {
             let left = left.saturating_sub(1);
-            if left == 0 || ack.pending == Some(0) {
-                self.catch_up = None;
-                self.out.send(Ok(WatchEvent::CaughtUp)).await;
-            } else {
-                self.catch_up = Some(left);
+            self.catch_up = Some(left);
+            if let (Some(w), Some(seq)) = (self.settle.window, ack.stream_sequence) {
+                if seq == w.delivered.saturating_add(1) && seq >= w.target {
+                    self.catch_up = None;
+                    self.out.send(Ok(WatchEvent::CaughtUp)).await;
+                    return Flow::Continue;
+                }
+                self.settle.window = (seq == w.delivered.saturating_add(1)).then_some(Window {
+                    delivered: seq,
+                    target: w.target,
+                });
+            }
+            // Counting deliveries is not enough: a key rewritten after the
+            // consumer was created loses its pending message, and a later
+            // message takes its place in the count while the rewrite is
+            // still to come. The server's pending number is a hint only:
+            // on a state-sync it reaches 0 with such rewrites still ahead.
+            let hint = match ack.pending {
+                Some(pending) => pending == 0,
+                None => left == 0,
+            };
+            if hint {
+                self.settle_catch_up().await;
             }
         }
         Flow::Continue
+    }
+
+    /// Send `CaughtUp` if the watch has delivered everything in scope: on a
+    /// state-sync, checked against the server's last message in scope.
+    async fn settle_catch_up(&mut self) {
+        if self.catch_up.is_none() {
+            return;
+        }
+        if self.start_kind == StartKind::StateSync {
+            match self.tail_delivered().await {
+                Ok(Tail::Delivered) => {}
+                Ok(Tail::Beyond(last)) => {
+                    let delivered = self.frontier.unwrap_or(0);
+                    if self.all_scope
+                        && self.settle.window.is_none()
+                        && delivered >= self.settle.every_message_after
+                    {
+                        self.settle.window = Some(Window {
+                            delivered,
+                            target: last,
+                        });
+                    }
+                    return;
+                }
+                // The next hint or idle heartbeat asks again.
+                Err(e) => {
+                    warn!(error = %e, "cannot check whether a state-sync caught up; asking again later");
+                    return;
+                }
+            }
+        }
+        self.catch_up = None;
+        self.out.send(Ok(WatchEvent::CaughtUp)).await;
+    }
+
+    /// Whether a message in scope lies beyond what was delivered.
+    async fn tail_delivered(&self) -> Result<Tail, KvError> {
+        let delivered = self.frontier.unwrap_or(0);
+        if self.all_scope {
+            let facts = self.bucket.facts().await?;
+            // A purged stream keeps its last sequence but holds nothing.
+            let empty = facts.first_sequence > facts.last_sequence;
+            if empty || facts.last_sequence <= delivered {
+                return Ok(Tail::Delivered);
+            }
+            // The last sequence may be a purged message: ask for the last
+            // one there is.
+        }
+        let conn = &self.bucket.inner.conn;
+        for filter in &self.filters {
+            let last = conn
+                .last_sequence_matching(&self.bucket.inner.stream, filter)
+                .await?;
+            if let Some(last) = last.filter(|&l| l > delivered) {
+                return Ok(Tail::Beyond(last));
+            }
+        }
+        Ok(Tail::Delivered)
     }
 
     async fn fail_overrun(&self, frontier: u64, first_sequence: u64) -> Flow {

@@ -334,6 +334,7 @@ macro_rules! conformance_tests {
             empty_prefix_list_watches_nothing,
             prefixes_scope_filters_state_sync_and_live,
             state_sync_then_live_changes_in_order,
+            caught_up_state_sync_lists_keys_rewritten_while_it_runs,
             delta_watch_delivers_after_cursor_then_caught_up,
             delta_watch_at_last_revision_is_caught_up_then_live,
             delta_watch_without_revision_replays_everything,
