@@ -622,3 +622,44 @@ async fn a_default_node_on_rewritten_keys_never_deletes_one() {
     let store = stop(node).await;
     assert_converged(&live, &store, &app).await;
 }
+
+/// The same for the reader's listings: `keys` and `scan` taken while the
+/// keys are rewritten list every key once, and `for_each_key` visits each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_listing_taken_while_keys_are_rewritten_lists_every_key_once() {
+    use slipstream_kv::{KvReader, KvStore};
+
+    let live = Arc::new(Live::start("hot", StoreConfig::new("hot").history(1)).await);
+    let all: Vec<String> = (0..HOT_KEYS).map(|k| format!("k{k}")).collect();
+    for key in &all {
+        live.put(key, "v").await;
+    }
+    let reader = live.bucket.reader();
+    let writers = rewrite_hot_keys(&live);
+    let mut listings = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        let keys = reader.keys("").await.unwrap();
+        assert_eq!(keys, all, "keys");
+        let scanned: Vec<String> = reader
+            .scan("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(scanned, all, "scan");
+        let mut visited = std::collections::BTreeSet::new();
+        reader
+            .for_each_key("", |k| {
+                visited.insert(k.to_owned());
+            })
+            .await
+            .unwrap();
+        assert_eq!(visited.into_iter().collect::<Vec<_>>(), all, "for_each_key");
+        listings += 1;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(listings > 0);
+}

@@ -36,6 +36,7 @@ mod decode;
 mod error;
 mod outbox;
 mod scan;
+mod settle;
 mod store;
 mod watch;
 

@@ -11,21 +11,25 @@ use crate::ack::parse_ack_subject;
 use crate::consumer::{ConsumerRequest, Delivery, PushConsumer, StartPolicy, filter_subjects};
 use crate::decode::{message_size, to_update};
 use crate::error::NatsError;
+use crate::settle::Settle;
 use crate::store::NatsBucket;
 
 impl NatsBucket {
-    /// Visit the live entries under `prefix`: one LastPerSubject consumer
-    /// with AckPolicy::None, drained for exactly its initial pending count,
-    /// then deleted. With `headers_only`, values are not fetched and each
-    /// entry's value is empty; the size header decides liveness.
-    pub(crate) async fn drain_live<F>(
+    /// Visit the entries under `prefix`, markers included, with whether
+    /// each is live: one LastPerSubject consumer with AckPolicy::None,
+    /// drained until every key in scope was delivered (`settle.rs`), then
+    /// deleted. A key rewritten while the listing runs may be visited more
+    /// than once, in revision order. With `headers_only`, values are not
+    /// fetched and each entry's value is empty; the size header decides
+    /// liveness.
+    pub(crate) async fn drain_listing<F>(
         &self,
         prefix: &str,
         headers_only: bool,
         mut f: F,
-    ) -> Result<u64, KvError>
+    ) -> Result<(), KvError>
     where
-        F: FnMut(KvEntry) + Send,
+        F: FnMut(KvUpdate, bool) + Send,
     {
         validate_prefix(prefix)?;
         let inner = &self.inner;
@@ -41,11 +45,20 @@ impl NatsBucket {
         let timeout = self.timeout();
         let heartbeat = conn.settings.idle_heartbeat.min(timeout);
         let mut consumer = PushConsumer::create(&conn, &request, heartbeat).await?;
+        let mut settle = match Settle::after_creation(self, prefix.is_empty()).await {
+            Ok(settle) => settle,
+            Err(e) => {
+                consumer.delete().await;
+                return Err(e);
+            }
+        };
         let mut remaining = consumer.initial_pending;
         let mut expected_cseq = 1;
-        let mut visited = 0;
+        let mut frontier = 0;
+        let mut visited = 0u64;
         let mut deadline = Instant::now() + timeout;
-        while remaining > 0 {
+        let mut settled = remaining == 0;
+        while !settled {
             let wait = deadline.saturating_duration_since(Instant::now());
             match consumer.next(wait).await {
                 Delivery::Data(msg) => {
@@ -60,7 +73,8 @@ impl NatsBucket {
                         }
                         expected_cseq += 1;
                     }
-                    remaining -= 1;
+                    remaining = remaining.saturating_sub(1);
+                    frontier = frontier.max(ack.stream_sequence.unwrap_or(0));
                     let live_size = if headers_only {
                         // Without the size a tombstone and a value look alike.
                         message_size(msg.headers.as_ref()).ok_or_else(|| {
@@ -84,24 +98,27 @@ impl NatsBucket {
                         payload,
                         ack,
                     );
-                    if let Some(KvUpdate::Put(entry)) = update
-                        && live_size > 0
-                    {
+                    if let Some(update) = update {
+                        let live = matches!(update, KvUpdate::Put(_)) && live_size > 0;
                         visited += 1;
-                        f(entry);
+                        f(update, live);
                     }
-                    // Nothing left right now: everything pending at creation
-                    // has been seen, even if some of it was removed meanwhile.
-                    if ack.pending == Some(0) {
-                        break;
-                    }
+                    let hint = match ack.pending {
+                        Some(pending) => pending == 0,
+                        None => remaining == 0,
+                    };
+                    settled = settle.delivered(ack.stream_sequence)
+                        || (hint && settle.check(self, &filters, frontier).await?);
                 }
                 Delivery::FlowControl(subject)
                 | Delivery::Heartbeat {
                     stalled: Some(subject),
                     ..
                 } => consumer.reply_flow_control(&conn, subject).await?,
-                Delivery::Heartbeat { .. } => {}
+                // Idle: a rewrite the last hint waited for may be gone.
+                Delivery::Heartbeat { .. } => {
+                    settled = settle.check(self, &filters, frontier).await?;
+                }
                 Delivery::Ended(reason) => {
                     return Err(
                         NatsError::Consumer(format!("listing ended early: {reason}")).into(),
@@ -118,6 +135,37 @@ impl NatsBucket {
         }
         debug!(consumer = consumer.name(), visited, "listing complete");
         consumer.delete().await;
-        Ok(visited)
+        Ok(())
+    }
+
+    /// The live entries under `prefix`, one per key (its latest delivered
+    /// revision), sorted by key.
+    pub(crate) async fn live_entries(
+        &self,
+        prefix: &str,
+        headers_only: bool,
+    ) -> Result<Vec<KvEntry>, KvError> {
+        let mut listed: Vec<(String, Option<KvEntry>)> = Vec::new();
+        self.drain_listing(prefix, headers_only, |update, live| {
+            let key = update.key().to_owned();
+            let entry = match update {
+                KvUpdate::Put(entry) if live => Some(entry),
+                _ => None,
+            };
+            listed.push((key, entry));
+        })
+        .await?;
+        // Stable: a key's deliveries stay in revision order, and the last
+        // one is its latest.
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut entries: Vec<KvEntry> = Vec::with_capacity(listed.len());
+        let mut runs = listed.into_iter().peekable();
+        while let Some((key, entry)) = runs.next() {
+            if runs.peek().is_some_and(|(next, _)| *next == key) {
+                continue;
+            }
+            entries.extend(entry);
+        }
+        Ok(entries)
     }
 }

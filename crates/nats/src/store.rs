@@ -198,26 +198,30 @@ impl KvReader for NatsBucket {
     }
 
     async fn keys(&self, prefix: &str) -> Result<Vec<String>, KvError> {
-        let mut keys = Vec::new();
-        self.for_each_key(prefix, |k| keys.push(k.to_owned()))
-            .await?;
-        keys.sort_unstable();
-        Ok(keys)
+        let entries = self.live_entries(prefix, true).await?;
+        Ok(entries.into_iter().map(|e| e.key).collect())
     }
 
     async fn scan(&self, prefix: &str) -> Result<Vec<KvEntry>, KvError> {
-        let mut entries = Vec::new();
-        self.drain_live(prefix, false, |entry| entries.push(entry))
-            .await?;
-        entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        Ok(entries)
+        self.live_entries(prefix, false).await
     }
 
+    /// Streams without holding the listing: a key rewritten while the
+    /// listing runs may be visited twice, and one deleted meanwhile may
+    /// still be visited. `keys` and `scan` resolve both.
     async fn for_each_key<F>(&self, prefix: &str, mut f: F) -> Result<u64, KvError>
     where
         F: FnMut(&str) + Send,
     {
-        self.drain_live(prefix, true, |entry| f(&entry.key)).await
+        let mut visited = 0;
+        self.drain_listing(prefix, true, |update, live| {
+            if live {
+                visited += 1;
+                f(update.key());
+            }
+        })
+        .await?;
+        Ok(visited)
     }
 }
 

@@ -26,6 +26,7 @@ use crate::consumer::{ConsumerRequest, Delivery, PushConsumer, StartPolicy, filt
 use crate::decode::to_update;
 use crate::error::NatsError;
 use crate::outbox::{Item, Outbox};
+use crate::settle::Settle;
 use crate::store::NatsBucket;
 
 type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -132,7 +133,7 @@ fn check_resume(
 }
 
 impl NatsBucket {
-    async fn facts(&self) -> Result<StreamFacts, KvError> {
+    pub(crate) async fn facts(&self) -> Result<StreamFacts, KvError> {
         Ok(self.inner.conn.stream_facts(&self.inner.stream).await?)
     }
 
@@ -211,23 +212,20 @@ impl KvWatcher for NatsBucket {
             WatchScope::Prefixes(ps) => ps.clone(),
         };
         let filters = filter_subjects(&self.inner.keyspace, &prefixes);
-        let mut settle = Settle::default();
+        let mut settle = Settle::new(scope.is_all(), u64::MAX);
         let (consumer, identity, frontier) = match &start {
             WatchStart::Relist => {
                 let identity = self.facts().await?.identity;
                 let consumer = self
                     .watch_consumer(&filters, StartPolicy::LastPerSubject)
                     .await?;
-                // Past the last sequence after creation, the consumer
-                // delivers every retained message (see `Settle`).
-                let after = match self.facts().await {
-                    Ok(after) => after,
+                settle = match Settle::after_creation(self, scope.is_all()).await {
+                    Ok(settle) => settle,
                     Err(e) => {
                         consumer.delete().await;
                         return Err(e);
                     }
                 };
-                settle.every_message_after = after.last_sequence;
                 (consumer, identity, None)
             }
             WatchStart::After(cursor) => {
@@ -250,7 +248,6 @@ impl KvWatcher for NatsBucket {
                 WatchStart::Relist => StartKind::StateSync,
                 WatchStart::After(_) => StartKind::Delta,
             },
-            all_scope: scope.is_all(),
             settle,
             filters,
             identity,
@@ -270,34 +267,6 @@ impl KvWatcher for NatsBucket {
     async fn retention(&self) -> Result<Retention, KvError> {
         Ok(retention_of(&self.facts().await?))
     }
-}
-
-/// Settling a state-sync's catch-up while writes go on.
-///
-/// A key whose pending message was rewritten before delivery shows up
-/// only later, with its rewrite. Past `every_message_after` the consumer
-/// delivers every retained message, so a key not yet delivered by then has
-/// its latest message beyond what was delivered. Reading the stream's last
-/// sequence `L` at a delivery `d` there, and then receiving every sequence
-/// from `d + 1` to `L` without a gap, delivers each such key: no quiet
-/// moment at the stream's tail is needed. A gap (a message removed before
-/// delivery) drops the window until the next hint.
-#[derive(Debug, Default)]
-struct Settle {
-    every_message_after: u64,
-    window: Option<Window>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    delivered: u64,
-    target: u64,
-}
-
-/// Where the scope's last message lies against what was delivered.
-enum Tail {
-    Delivered,
-    Beyond(u64),
 }
 
 /// How the watch began; a state-sync's catch-up needs checking.
@@ -324,8 +293,6 @@ struct WatchTask {
     identity: BucketIdentity,
     floor_guard: bool,
     start_kind: StartKind,
-    /// Unfiltered: the stream's last sequence is the scope's.
-    all_scope: bool,
     settle: Settle,
     /// The highest revision passed on (or the resume cursor's).
     frontier: Option<u64>,
@@ -405,10 +372,10 @@ impl WatchTask {
                             // A consumer re-created after a delivery starts
                             // right after it; one re-created before any is a
                             // fresh state-sync, settled by the tail only.
-                            self.settle = Settle {
-                                every_message_after: self.frontier.unwrap_or(u64::MAX),
-                                window: None,
-                            };
+                            self.settle = Settle::new(
+                                self.settle.all_scope(),
+                                self.frontier.unwrap_or(u64::MAX),
+                            );
                             self.arm_catch_up(consumer.initial_pending).await;
                         }
                         Err(e) => {
@@ -482,16 +449,10 @@ impl WatchTask {
         if let Some(left) = self.catch_up {
             let left = left.saturating_sub(1);
             self.catch_up = Some(left);
-            if let (Some(w), Some(seq)) = (self.settle.window, ack.stream_sequence) {
-                if seq == w.delivered.saturating_add(1) && seq >= w.target {
-                    self.catch_up = None;
-                    self.out.send(Ok(WatchEvent::CaughtUp)).await;
-                    return Flow::Continue;
-                }
-                self.settle.window = (seq == w.delivered.saturating_add(1)).then_some(Window {
-                    delivered: seq,
-                    target: w.target,
-                });
+            if self.settle.delivered(ack.stream_sequence) {
+                self.catch_up = None;
+                self.out.send(Ok(WatchEvent::CaughtUp)).await;
+                return Flow::Continue;
             }
             // Counting deliveries is not enough: a key rewritten after the
             // consumer was created loses its pending message, and a later
@@ -516,21 +477,14 @@ impl WatchTask {
             return;
         }
         if self.start_kind == StartKind::StateSync {
-            match self.tail_delivered().await {
-                Ok(Tail::Delivered) => {}
-                Ok(Tail::Beyond(last)) => {
-                    let delivered = self.frontier.unwrap_or(0);
-                    if self.all_scope
-                        && self.settle.window.is_none()
-                        && delivered >= self.settle.every_message_after
-                    {
-                        self.settle.window = Some(Window {
-                            delivered,
-                            target: last,
-                        });
-                    }
-                    return;
-                }
+            let delivered = self.frontier.unwrap_or(0);
+            match self
+                .settle
+                .check(&self.bucket, &self.filters, delivered)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return,
                 // The next hint or idle heartbeat asks again.
                 Err(e) => {
                     warn!(error = %e, "cannot check whether a state-sync caught up; asking again later");
@@ -540,31 +494,6 @@ impl WatchTask {
         }
         self.catch_up = None;
         self.out.send(Ok(WatchEvent::CaughtUp)).await;
-    }
-
-    /// Whether a message in scope lies beyond what was delivered.
-    async fn tail_delivered(&self) -> Result<Tail, KvError> {
-        let delivered = self.frontier.unwrap_or(0);
-        if self.all_scope {
-            let facts = self.bucket.facts().await?;
-            // A purged stream keeps its last sequence but holds nothing.
-            let empty = facts.first_sequence > facts.last_sequence;
-            if empty || facts.last_sequence <= delivered {
-                return Ok(Tail::Delivered);
-            }
-            // The last sequence may be a purged message: ask for the last
-            // one there is.
-        }
-        let conn = &self.bucket.inner.conn;
-        for filter in &self.filters {
-            let last = conn
-                .last_sequence_matching(&self.bucket.inner.stream, filter)
-                .await?;
-            if let Some(last) = last.filter(|&l| l > delivered) {
-                return Ok(Tail::Beyond(last));
-            }
-        }
-        Ok(Tail::Delivered)
     }
 
     async fn fail_overrun(&self, frontier: u64, first_sequence: u64) -> Flow {
