@@ -663,3 +663,47 @@ async fn every_key_listing_taken_while_keys_are_rewritten_lists_every_key_once()
     }
     assert!(listings > 0);
 }
+
+/// A node without a store (an expiry would stop it) on the same bucket:
+/// supersession moving the first sequence past its frontier does not stop
+/// it, and its application's fold ends equal to the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_store_on_rewritten_keys_goes_on() {
+    use slipstream_applied::{AppliedConfig, AppliedWatch};
+    use slipstream_kv::KvStore;
+
+    let live = Arc::new(Live::start("hot", StoreConfig::new("hot").history(1)).await);
+    for k in 0..HOT_KEYS {
+        live.put(&format!("k{k}"), "v").await;
+    }
+    let app = App::default();
+    let token = tokio_util::sync::CancellationToken::new();
+    let config = AppliedConfig::new(WatchScope::All).shutdown(token.clone());
+    let watch = AppliedWatch::new(live.bucket.watcher(), config);
+    let mut status = watch.status();
+    let task = tokio::spawn(watch.run(app.handlers()));
+    let writers = rewrite_hot_keys(&live);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let last = live.stream_last().await;
+    let reached = tokio::time::timeout(
+        harness::BOUND,
+        status.wait_for(|s| s.is_ready() && s.applied == Some(last)),
+    )
+    .await;
+    assert!(
+        matches!(reached, Ok(Ok(_))),
+        "the node went on: {:?}",
+        tokio::time::timeout(harness::BOUND, task)
+            .await
+            .map(|r| r.map(|f| f.result))
+    );
+    assert_eq!(app.fold(), values(&live.listing().await));
+    token.cancel();
+    let finished = tokio::time::timeout(harness::BOUND, task)
+        .await
+        .unwrap()
+        .unwrap();
+    finished.result.unwrap();
+}

@@ -111,7 +111,12 @@ impl RetryPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OnExpiry {
     /// End the watch with [`AppliedError::CursorExpired`] and leave the
-    /// fold as committed, for a caller that repairs by itself.
+    /// fold as committed, for a caller that repairs by itself. On a bucket
+    /// that evicts no current values, a caught-up watch is then not checked
+    /// for a first sequence passing it (supersession would stop a healthy
+    /// node); only resumes and the backend's guard of delta watches are,
+    /// so an operator's purge of a delete marker the watch has not yet
+    /// delivered goes unnoticed.
     Stop,
     /// Repair the fold with this mode (K8) and go on watching. Plans that
     /// need a restore take the newest artifact of

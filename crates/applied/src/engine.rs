@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep, sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::applied::{Finished, StopReason, Stopped};
-use crate::config::{AppliedConfig, Settings};
+use crate::config::{AppliedConfig, OnExpiry, Settings};
 use crate::error::AppliedError;
 use crate::expiry::AfterExpiry;
 use crate::export::{ExportRequest, ExportRequests};
@@ -455,6 +455,7 @@ where
                         .unwrap_or(0);
                 if self.config.scope.is_all()
                     && self.reporter.is_ready()
+                    && self.checks_gaps(self.applied.seen_evicting())
                     && let Some(delivered) = update.revision()
                     && gap_needs_floor_check(frontier, delivered)
                     && let Some(reason) = self.refresh_retention(true).await?
@@ -693,6 +694,19 @@ where
     /// would otherwise go unnoticed. Returns the overrun, if any.
     /// `caught_up` says whether the watch has caught up (the frontier is
     /// then where the log must still reach).
+    /// Whether a caught-up All-scope watch takes a first sequence past
+    /// its frontier as an expiry. On a bucket that evicts current values
+    /// it always does. On one that does not, only supersession or an
+    /// operator's purge moves the first sequence there, and supersession
+    /// alone does on a bucket written faster than the node reads: a false
+    /// alarm. Where a repair answers it (a relist, the listing being the
+    /// truth) that costs a relist and catches the purge; where the answer
+    /// is to stop, it would stop a healthy node every few seconds, so
+    /// there the check is left to the backend's guard of delta watches.
+    fn checks_gaps(&self, evicting: bool) -> bool {
+        evicting || (S::DURABLE && matches!(self.on_expiry_policy(), OnExpiry::Repair(_)))
+    }
+
     async fn refresh_retention(
         &mut self,
         caught_up: bool,
@@ -740,6 +754,9 @@ where
                         .unwrap_or(0);
                 if self.config.scope.is_all()
                     && caught_up
+                    && self.checks_gaps(
+                        retention.evicts_current_values || self.applied.seen_evicting(),
+                    )
                     && !resume_window_ok(frontier, retention.first_revision)
                 {
                     return Ok(Some(ExpiryReason::FloorOverrun {

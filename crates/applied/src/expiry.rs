@@ -119,7 +119,7 @@ where
     }
 
     /// The configured answer to an expiry, or the default for this store.
-    fn on_expiry_policy(&self) -> OnExpiry {
+    pub(crate) fn on_expiry_policy(&self) -> OnExpiry {
         self.config
             .on_expiry
             .unwrap_or(OnExpiry::default_for(S::DURABLE))

@@ -1019,6 +1019,64 @@ async fn a_hot_bucket_outrunning_a_default_node_is_relisted_not_stopped() {
     assert_eq!(fold_of(&store), truth(&kv).await);
 }
 
+/// Nodes whose answer to an expiry is to stop (no store, or `Stop`), on a
+/// small bucket evicting nothing, written faster than they read: after
+/// their state-sync caught up, supersession moves the first sequence past
+/// their frontier. No repair would answer a check there, so none is made;
+/// they go on (a backend's guard of delta watches is not involved).
+#[tokio::test(start_paused = true)]
+async fn nodes_that_stop_on_expiry_outrun_on_a_plain_bucket_go_on() {
+    for with_store in [false, true] {
+        let (_server, kv) = bucket().await;
+        let dir = tempfile::tempdir().unwrap();
+        let app = App::new();
+        for key in ["a", "b", "c"] {
+            put(&kv, key, "v0").await; // 1..=3
+        }
+        let token = CancellationToken::new();
+        let config = AppliedConfig::new(WatchScope::All).shutdown(token.clone());
+        let (mut status, task) = if with_store {
+            let (_, store) = open_store(dir.path(), &FaultPlan::new());
+            let config = config.store(store).on_expiry(OnExpiry::Stop);
+            let watch = AppliedWatch::new(kv.watcher(), config);
+            let status = watch.status();
+            let task = tokio::spawn(watch.run(app.handlers()));
+            (
+                status,
+                tokio::spawn(async move { task.await.unwrap().result }),
+            )
+        } else {
+            let watch = AppliedWatch::new(kv.watcher(), config);
+            let status = watch.status();
+            let task = tokio::spawn(watch.run(app.handlers()));
+            (
+                status,
+                tokio::spawn(async move { task.await.unwrap().result }),
+            )
+        };
+        wait_status(&mut status, |s| s.is_ready() && s.applied == Some(3)).await;
+        // Before the node sees them, three rounds of rewrites (4..=12):
+        // the next delivery is 10, and the first sequence is 10.
+        let mut last = 0;
+        for round in 1..=3 {
+            for key in ["a", "b", "c"] {
+                last = put(&kv, key, &format!("v{round}")).await;
+            }
+        }
+        let reached = timeout(DEADLINE, status.wait_for(|s| s.applied == Some(last))).await;
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "with_store {with_store}: the node went on, not {:?}",
+            timeout(DEADLINE, task).await
+        );
+        assert!(!task.is_finished(), "with_store {with_store}");
+        let truth = truth(&kv).await;
+        assert_eq!(app.seen().fold, truth, "with_store {with_store}");
+        token.cancel();
+        timeout(DEADLINE, task).await.unwrap().unwrap().unwrap();
+    }
+}
+
 /// An operator's purge passing a fresh node's caught-up state-sync of a
 /// bucket that evicts nothing takes a delete marker the node has not seen.
 /// The gap at the next delivery is checked against the head (K4), and the
