@@ -124,6 +124,29 @@ impl ConnShared {
 }
 
 impl ConnShared {
+    /// Whether the stream still holds the message at `sequence`.
+    pub(crate) async fn holds_message(
+        &self,
+        stream: &str,
+        sequence: u64,
+    ) -> Result<bool, NatsError> {
+        let reply = self
+            .api(
+                "message get",
+                &format!("STREAM.MSG.GET.{stream}"),
+                &serde_json::json!({ "seq": sequence }),
+            )
+            .await;
+        match reply {
+            Ok(_) => Ok(true),
+            Err(NatsError::Api { err_code, .. }) if err_code == NO_MESSAGE_FOUND => Ok(false),
+            Err(NatsError::Api { err_code, .. }) if err_code == STREAM_NOT_FOUND => {
+                Err(NatsError::BucketNotFound(bucket_of(stream).to_owned()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The sequence of the stream's last message on a subject matching
     /// `filter` (wildcards allowed); `None` when no message matches.
     pub(crate) async fn last_sequence_matching(
