@@ -534,6 +534,21 @@ for_each_store!(recreated_bucket_is_repaired:
 const HOT_KEYS: u64 = 7;
 const HOT_WRITES: u64 = 3_000;
 
+/// A bucket (history 1) holding `HOT_KEYS` keys, `k0`, `k1`, ...
+async fn hot_bucket() -> Arc<Live> {
+    let live = Arc::new(Live::start("hot", StoreConfig::new("hot").history(1)).await);
+    for k in 0..HOT_KEYS {
+        live.put(&format!("k{k}"), "v").await;
+    }
+    live
+}
+
+async fn join(writers: Vec<tokio::task::JoinHandle<()>>) {
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
 /// Two writers rewriting `HOT_KEYS` keys (history 1) `HOT_WRITES` times
 /// each; returns their handles.
 fn rewrite_hot_keys(live: &Arc<Live>) -> Vec<tokio::task::JoinHandle<()>> {
@@ -559,10 +574,7 @@ async fn every_state_sync_taken_while_keys_are_rewritten_lists_every_key() {
     use futures::StreamExt;
     use slipstream_kv::{KvUpdate, KvWatcher, WatchEvent, WatchStart};
 
-    let live = Arc::new(Live::start("hot", StoreConfig::new("hot").history(1)).await);
-    for k in 0..HOT_KEYS {
-        live.put(&format!("k{k}"), "v").await;
-    }
+    let live = hot_bucket().await;
     let writers = rewrite_hot_keys(&live);
     let mut listings = 0;
     while writers.iter().any(|w| !w.is_finished()) {
@@ -589,9 +601,7 @@ async fn every_state_sync_taken_while_keys_are_rewritten_lists_every_key() {
         listings += 1;
         assert_eq!(keys.len() as u64, HOT_KEYS, "listing {listings}: {keys:?}");
     }
-    for w in writers {
-        w.await.unwrap();
-    }
+    join(writers).await;
     assert!(listings > 0);
 }
 
@@ -600,17 +610,12 @@ async fn every_state_sync_taken_while_keys_are_rewritten_lists_every_key() {
 /// it held by the mass-delete guard), and it ends equal to the bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_node_on_rewritten_keys_never_deletes_one() {
-    let live = Arc::new(Live::start("hot", StoreConfig::new("hot").history(1)).await);
-    for k in 0..HOT_KEYS {
-        live.put(&format!("k{k}"), "v").await;
-    }
+    let live = hot_bucket().await;
     let (_, store) = open_store::<AppendLogStore>(&live.fold_dir()).await;
     let app = App::resuming(&store);
     let writers = rewrite_hot_keys(&live);
     let mut node = start_node(&live, store, &app, plain);
-    for w in writers {
-        w.await.unwrap();
-    }
+    join(writers).await;
     let last = live.stream_last().await;
     wait_applied(&mut node, last).await;
     let deletes: Vec<Op> = app
@@ -658,9 +663,7 @@ async fn every_key_listing_taken_while_keys_are_rewritten_lists_every_key_once()
         assert_eq!(visited.into_iter().collect::<Vec<_>>(), all, "for_each_key");
         listings += 1;
     }
-    for w in writers {
-        w.await.unwrap();
-    }
+    join(writers).await;
     assert!(listings > 0);
 }
 
@@ -672,10 +675,7 @@ async fn a_node_without_a_store_on_rewritten_keys_goes_on() {
     use slipstream_applied::{AppliedConfig, AppliedWatch};
     use slipstream_kv::KvStore;
 
-    let live = Arc::new(Live::start("hot", StoreConfig::new("hot").history(1)).await);
-    for k in 0..HOT_KEYS {
-        live.put(&format!("k{k}"), "v").await;
-    }
+    let live = hot_bucket().await;
     let app = App::default();
     let token = tokio_util::sync::CancellationToken::new();
     let config = AppliedConfig::new(WatchScope::All).shutdown(token.clone());
@@ -683,9 +683,7 @@ async fn a_node_without_a_store_on_rewritten_keys_goes_on() {
     let mut status = watch.status();
     let task = tokio::spawn(watch.run(app.handlers()));
     let writers = rewrite_hot_keys(&live);
-    for w in writers {
-        w.await.unwrap();
-    }
+    join(writers).await;
     let last = live.stream_last().await;
     let reached = tokio::time::timeout(
         harness::BOUND,

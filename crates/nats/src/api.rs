@@ -124,27 +124,38 @@ impl ConnShared {
 }
 
 impl ConnShared {
+    /// A stream's message get (`STREAM.MSG.GET`); `None` when no message
+    /// matches.
+    async fn message_get(
+        &self,
+        operation: &str,
+        stream: &str,
+        body: &Value,
+    ) -> Result<Option<Value>, NatsError> {
+        let reply = self
+            .api(operation, &format!("STREAM.MSG.GET.{stream}"), body)
+            .await;
+        match reply {
+            Ok(v) => Ok(Some(v)),
+            Err(NatsError::Api { err_code, .. }) if err_code == NO_MESSAGE_FOUND => Ok(None),
+            Err(NatsError::Api { err_code, .. }) if err_code == STREAM_NOT_FOUND => {
+                Err(NatsError::BucketNotFound(bucket_of(stream).to_owned()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether the stream still holds the message at `sequence`.
     pub(crate) async fn holds_message(
         &self,
         stream: &str,
         sequence: u64,
     ) -> Result<bool, NatsError> {
-        let reply = self
-            .api(
-                "message get",
-                &format!("STREAM.MSG.GET.{stream}"),
-                &serde_json::json!({ "seq": sequence }),
-            )
-            .await;
-        match reply {
-            Ok(_) => Ok(true),
-            Err(NatsError::Api { err_code, .. }) if err_code == NO_MESSAGE_FOUND => Ok(false),
-            Err(NatsError::Api { err_code, .. }) if err_code == STREAM_NOT_FOUND => {
-                Err(NatsError::BucketNotFound(bucket_of(stream).to_owned()))
-            }
-            Err(e) => Err(e),
-        }
+        let body = serde_json::json!({ "seq": sequence });
+        Ok(self
+            .message_get("message get", stream, &body)
+            .await?
+            .is_some())
     }
 
     /// The sequence of the stream's last message on a subject matching
@@ -154,27 +165,18 @@ impl ConnShared {
         stream: &str,
         filter: &str,
     ) -> Result<Option<u64>, NatsError> {
-        let reply = self
-            .api(
-                "last message get",
-                &format!("STREAM.MSG.GET.{stream}"),
-                &serde_json::json!({ "last_by_subj": filter }),
-            )
-            .await;
-        match reply {
-            Ok(v) => v["message"]["seq"]
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| NatsError::Request {
-                    operation: "last message get".to_owned(),
-                    reason: "reply lacks the message's sequence".to_owned(),
-                }),
-            Err(NatsError::Api { err_code, .. }) if err_code == NO_MESSAGE_FOUND => Ok(None),
-            Err(NatsError::Api { err_code, .. }) if err_code == STREAM_NOT_FOUND => {
-                Err(NatsError::BucketNotFound(bucket_of(stream).to_owned()))
-            }
-            Err(e) => Err(e),
-        }
+        let operation = "last message get";
+        let body = serde_json::json!({ "last_by_subj": filter });
+        let Some(v) = self.message_get(operation, stream, &body).await? else {
+            return Ok(None);
+        };
+        v["message"]["seq"]
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| NatsError::Request {
+                operation: operation.to_owned(),
+                reason: "reply lacks the message's sequence".to_owned(),
+            })
     }
 }
 
