@@ -705,3 +705,50 @@ async fn a_node_without_a_store_on_rewritten_keys_goes_on() {
         .unwrap();
     finished.result.unwrap();
 }
+
+/// JetStream API requests the server has answered so far.
+async fn api_requests(live: &Live) -> u64 {
+    let info = live.admin.api("INFO", serde_json::json!({})).await.unwrap();
+    info["api"]["total"]
+        .as_u64()
+        .expect("account info counts API requests")
+}
+
+/// Messages pushed while the reader was away all carry a pending number of
+/// 0 (each was the stream's last when sent). The state-sync asks where the
+/// stream ends only when its inbox runs dry, not once per such message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_sync_reading_a_pushed_backlog_asks_where_the_stream_ends_only_at_its_end() {
+    use futures::StreamExt;
+    use slipstream_kv::{KvWatcher, WatchEvent, WatchStart};
+
+    const REWRITES: u64 = 500;
+    let live = hot_bucket().await;
+    let mut watch = live
+        .bucket
+        .watch(&WatchScope::All, WatchStart::Relist)
+        .await
+        .unwrap();
+    for n in 0..REWRITES {
+        live.put(&format!("k{}", n % HOT_KEYS), "again").await;
+    }
+    let before = api_requests(&live).await;
+    let mut updates = 0;
+    loop {
+        let event = tokio::time::timeout(harness::BOUND, watch.next())
+            .await
+            .expect("the state-sync catches up")
+            .expect("the watch goes on")
+            .unwrap();
+        match event {
+            WatchEvent::CaughtUp => break,
+            WatchEvent::Update(_) => updates += 1,
+        }
+    }
+    let asked = api_requests(&live).await - before;
+    assert!(updates > 100, "the backlog was pushed: {updates} updates");
+    assert!(
+        asked < 20,
+        "{asked} API requests while reading {updates} updates"
+    );
+}

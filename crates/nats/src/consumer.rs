@@ -95,6 +95,8 @@ pub(crate) async fn delete_consumer(conn: &ConnShared, stream: &str, name: &str)
 /// heartbeats, whose inbox was subscribed before the consumer existed.
 pub(crate) struct PushConsumer {
     sub: Subscriber,
+    /// A message taken from the inbox by `has_data_waiting`, for `next`.
+    peeked: Option<Option<Message>>,
     guard: DeleteGuard,
     /// Messages pending for the consumer when it was created.
     pub(crate) initial_pending: u64,
@@ -172,6 +174,7 @@ impl PushConsumer {
         debug!(consumer = %name, initial_pending, "consumer created");
         Ok(Self {
             sub,
+            peeked: None,
             guard,
             initial_pending,
         })
@@ -186,7 +189,11 @@ impl PushConsumer {
     pub(crate) async fn next(&mut self, wait: Duration) -> Delivery {
         // What the inbox already holds needs no timer (and no clock read);
         // a backlog is drained this way.
-        let next = match self.sub.next().now_or_never() {
+        let next = match self
+            .peeked
+            .take()
+            .or_else(|| self.sub.next().now_or_never())
+        {
             Some(next) => next,
             None => match tokio::time::timeout(wait, self.sub.next()).await {
                 Err(_) => return Delivery::Idle,
@@ -220,6 +227,18 @@ impl PushConsumer {
                 msg.description.unwrap_or_default()
             )),
         }
+    }
+
+    /// Whether a data message already waits in the inbox: whoever checks
+    /// where the stream ends can wait for the inbox to run dry.
+    pub(crate) fn has_data_waiting(&mut self) -> bool {
+        if self.peeked.is_none() {
+            self.peeked = self.sub.next().now_or_never();
+        }
+        matches!(
+            &self.peeked,
+            Some(Some(msg)) if matches!(msg.status, None | Some(StatusCode::OK))
+        )
     }
 
     /// Answer a flow-control request (or a stall notice).

@@ -103,10 +103,11 @@ impl NatsBucket {
                         visited += 1;
                         f(update, live);
                     }
+                    // Asked only with the inbox dry (see `watch.rs`).
                     let hint = match ack.pending {
                         Some(pending) => pending == 0,
                         None => remaining == 0,
-                    };
+                    } && !consumer.has_data_waiting();
                     settled = settle.delivered(ack.stream_sequence)
                         || (hint && settle.check(self, &filters, frontier).await?);
                 }

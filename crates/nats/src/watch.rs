@@ -324,7 +324,13 @@ impl WatchTask {
             };
             let flow = match step {
                 Step::Probe => self.probe().await,
-                Step::Got(Delivery::Data(msg)) => self.on_message(msg).await,
+                Step::Got(Delivery::Data(msg)) => {
+                    // Where the stream ends is asked only with the inbox
+                    // dry: a backlog pushed at the tail carries pending 0
+                    // on every message.
+                    let more = self.catch_up.is_some() && consumer.has_data_waiting();
+                    self.on_message(msg, more).await
+                }
                 Step::Got(
                     Delivery::FlowControl(subject)
                     | Delivery::Heartbeat {
@@ -403,7 +409,7 @@ impl WatchTask {
         }
     }
 
-    async fn on_message(&mut self, msg: Message) -> Flow {
+    async fn on_message(&mut self, msg: Message, more: bool) -> Flow {
         let ack = parse_ack_subject(msg.reply.as_deref().unwrap_or_default());
         if let Some(cseq) = ack.consumer_sequence {
             if cseq != self.expected_cseq {
@@ -463,7 +469,7 @@ impl WatchTask {
                 Some(pending) => pending == 0,
                 None => left == 0,
             };
-            if hint {
+            if hint && !more {
                 self.settle_catch_up().await;
             }
         }
