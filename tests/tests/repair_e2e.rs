@@ -549,6 +549,25 @@ async fn join(writers: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
+/// The updates a watch delivers before its `CaughtUp`.
+async fn until_caught_up(watch: &mut slipstream_nats::NatsWatch) -> Vec<slipstream_kv::KvUpdate> {
+    use futures::StreamExt;
+    use slipstream_kv::WatchEvent;
+
+    let mut updates = Vec::new();
+    loop {
+        let event = tokio::time::timeout(harness::BOUND, watch.next())
+            .await
+            .expect("the watch catches up")
+            .expect("the watch goes on")
+            .unwrap();
+        match event {
+            WatchEvent::CaughtUp => return updates,
+            WatchEvent::Update(update) => updates.push(update),
+        }
+    }
+}
+
 /// Two writers rewriting `HOT_KEYS` keys (history 1) `HOT_WRITES` times
 /// each; returns their handles.
 fn rewrite_hot_keys(live: &Arc<Live>) -> Vec<tokio::task::JoinHandle<()>> {
@@ -571,8 +590,7 @@ fn rewrite_hot_keys(live: &Arc<Live>) -> Vec<tokio::task::JoinHandle<()>> {
 /// delete them. Every listing taken while the keys are rewritten lists all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_state_sync_taken_while_keys_are_rewritten_lists_every_key() {
-    use futures::StreamExt;
-    use slipstream_kv::{KvUpdate, KvWatcher, WatchEvent, WatchStart};
+    use slipstream_kv::{KvUpdate, KvWatcher, WatchStart};
 
     let live = hot_bucket().await;
     let writers = rewrite_hot_keys(&live);
@@ -584,19 +602,11 @@ async fn every_state_sync_taken_while_keys_are_rewritten_lists_every_key() {
             .await
             .unwrap();
         let mut keys = std::collections::BTreeSet::new();
-        loop {
-            let event = tokio::time::timeout(harness::BOUND, watch.next())
-                .await
-                .expect("the listing catches up")
-                .expect("the watch goes on")
-                .unwrap();
-            match event {
-                WatchEvent::CaughtUp => break,
-                WatchEvent::Update(KvUpdate::Put(entry)) => {
-                    keys.insert(entry.key);
-                }
-                WatchEvent::Update(other) => panic!("no key was deleted: {other:?}"),
-            }
+        for update in until_caught_up(&mut watch).await {
+            match update {
+                KvUpdate::Put(entry) => keys.insert(entry.key),
+                other => panic!("no key was deleted: {other:?}"),
+            };
         }
         listings += 1;
         assert_eq!(keys.len() as u64, HOT_KEYS, "listing {listings}: {keys:?}");
@@ -719,8 +729,7 @@ async fn api_requests(live: &Live) -> u64 {
 /// stream ends only when its inbox runs dry, not once per such message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_sync_reading_a_pushed_backlog_asks_where_the_stream_ends_only_at_its_end() {
-    use futures::StreamExt;
-    use slipstream_kv::{KvWatcher, WatchEvent, WatchStart};
+    use slipstream_kv::{KvWatcher, WatchStart};
 
     const REWRITES: u64 = 500;
     let live = hot_bucket().await;
@@ -733,18 +742,7 @@ async fn a_state_sync_reading_a_pushed_backlog_asks_where_the_stream_ends_only_a
         live.put(&format!("k{}", n % HOT_KEYS), "again").await;
     }
     let before = api_requests(&live).await;
-    let mut updates = 0;
-    loop {
-        let event = tokio::time::timeout(harness::BOUND, watch.next())
-            .await
-            .expect("the state-sync catches up")
-            .expect("the watch goes on")
-            .unwrap();
-        match event {
-            WatchEvent::CaughtUp => break,
-            WatchEvent::Update(_) => updates += 1,
-        }
-    }
+    let updates = until_caught_up(&mut watch).await.len();
     let asked = api_requests(&live).await - before;
     assert!(updates > 100, "the backlog was pushed: {updates} updates");
     assert!(
