@@ -432,15 +432,12 @@ where
                 self.commit_all().await?;
                 // A state-sync skips what the head passes mid-listing and
                 // still catches up: check at once, not at the next refresh.
-                let checking_floor = self.applied.unchecked_floor().is_some();
                 if let Some(reason) = self.refresh_retention(true).await? {
                     return Ok(Some(StreamEnd::Expired(reason)));
                 }
-                if checking_floor && self.applied.unchecked_floor().is_none() {
-                    // `Ready` comes with the checked cursor committed.
-                    self.flush().await?;
-                    self.settle().await?;
-                }
+                // A checked floor leaves the cursor's memo: `Ready` comes
+                // with that cursor committed too (nothing to do otherwise).
+                self.commit_all().await?;
                 self.reporter.phase(Phase::Ready);
                 Ok(None)
             }
@@ -684,16 +681,6 @@ where
         Ok(())
     }
 
-    /// Re-read the bucket's retention for the status' lag, the cursor's
-    /// bucket identity and its eviction memo (R5). A failed read only
-    /// leaves the status stale; only a failing memo commit is an error.
-    ///
-    /// On a caught-up All-scope watch this is also K1 against the frontier:
-    /// the backend's floor guard (K4) only looks when a delivery arrives,
-    /// so head eviction that passes an idle or caught-up state-sync watch
-    /// would otherwise go unnoticed. Returns the overrun, if any.
-    /// `caught_up` says whether the watch has caught up (the frontier is
-    /// then where the log must still reach).
     /// Whether a caught-up All-scope watch takes a first sequence past
     /// its frontier as an expiry. On a bucket that evicts current values
     /// it always does. On one that does not, only supersession or an
@@ -707,6 +694,16 @@ where
         evicting || (S::DURABLE && matches!(self.on_expiry_policy(), OnExpiry::Repair(_)))
     }
 
+    /// Re-read the bucket's retention for the status' lag, the cursor's
+    /// bucket identity and its eviction memo (R5). A failed read only
+    /// leaves the status stale; only a failing memo commit is an error.
+    ///
+    /// On a caught-up All-scope watch this is also K1 against the frontier:
+    /// the backend's floor guard (K4) only looks when a delivery arrives,
+    /// so head eviction that passes an idle or caught-up state-sync watch
+    /// would otherwise go unnoticed. Returns the overrun, if any.
+    /// `caught_up` says whether the watch has caught up (the frontier is
+    /// then where the log must still reach).
     async fn refresh_retention(
         &mut self,
         caught_up: bool,

@@ -371,10 +371,7 @@ where
                 Listed::Update(update) => update,
                 Listed::CaughtUp => {
                     let after = highest.map(|h| h.saturating_add(1));
-                    let floor = match (lowest_needed, after) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
+                    let floor = lowest_needed.into_iter().chain(after).min();
                     return Ok(Some((listed, floor)));
                 }
                 Listed::Shutdown => return Ok(None),

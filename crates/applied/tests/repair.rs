@@ -153,12 +153,26 @@ async fn offline_gap_with_a_purged_delete(
     (store, last)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_purged_delete_in_an_offline_gap_leaves_the_fold_with_relist() {
+/// What a test of [`offline_gap_with_a_purged_delete`] keeps alive: the
+/// server and the store's directory.
+struct Keep {
+    server: MemoryServer,
+    dir: tempfile::TempDir,
+}
+
+/// A node's store after [`offline_gap_with_a_purged_delete`], with the
+/// bucket, the application and the bucket's last revision.
+async fn gap() -> (Keep, MemoryStore, App, FaultStore, u64) {
     let (server, kv) = bucket().await;
     let dir = tempfile::tempdir().unwrap();
     let app = App::new();
     let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    (Keep { server, dir }, kv, app, store, last)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_purged_delete_in_an_offline_gap_leaves_the_fold_with_relist() {
+    let (_keep, kv, app, store, last) = gap().await;
 
     let watcher = Hooked::new(&kv, Hook::Observe);
     let (status, phases) = (Arc::clone(&watcher.status), Arc::clone(&watcher.phases));
@@ -183,10 +197,7 @@ async fn a_purged_delete_in_an_offline_gap_leaves_the_fold_with_relist() {
 
 #[tokio::test(start_paused = true)]
 async fn repair_mode_none_keeps_a_key_whose_delete_was_purged_in_the_gap() {
-    let (server, kv) = bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new();
-    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let (_keep, kv, app, store, last) = gap().await;
 
     let run = start(kv.watcher(), store, &app, repair(RepairMode::None));
     let store = run_to(run, last).await;
@@ -432,10 +443,7 @@ impl KvWatcher for Hooked {
 
 #[tokio::test(start_paused = true)]
 async fn a_key_deleted_and_recreated_in_the_gap_ends_present_because_deletes_come_first() {
-    let (server, kv) = bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new();
-    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let (_keep, kv, app, store, last) = gap().await;
 
     // Relist 1 lists (`a` absent), relist 2 is the state-sync: `a` is
     // recreated in between, so the synthetic delete of `a` and the re-list
@@ -471,10 +479,7 @@ async fn a_key_deleted_and_recreated_in_the_gap_ends_present_because_deletes_com
 /// is half the fold, stops at the mass-delete guard).
 #[tokio::test(start_paused = true)]
 async fn a_key_rewritten_while_the_listing_runs_is_listed_not_deleted() {
-    let (server, kv) = bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new();
-    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let (_keep, kv, app, store, last) = gap().await;
     let hook = Hook::RewriteAfterOpen { n: 1, key: "b" };
     let run = start(Hooked::new(&kv, hook), store, &app, |c| c);
     let store = run_to(run, last + 1).await;
@@ -490,13 +495,10 @@ async fn a_key_rewritten_while_the_listing_runs_is_listed_not_deleted() {
 /// relist, which deletes `c`.
 #[tokio::test(start_paused = true)]
 async fn a_purge_between_a_relist_listing_and_its_state_sync_is_repaired_again() {
-    let (server, kv) = bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new();
-    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let (keep, kv, app, store, last) = gap().await;
     let hook = Hook::PurgeBeforeRelist {
         n: 2,
-        server: server.clone(),
+        server: keep.server.clone(),
     };
     let run = start(Hooked::new(&kv, hook), store, &app, |c| c);
     // The hook's four writes follow `last`.
@@ -542,10 +544,7 @@ async fn a_bucket_recreated_between_a_relist_listing_and_its_state_sync_is_repai
 
 #[tokio::test(start_paused = true)]
 async fn the_default_relists_where_the_listing_is_the_truth() {
-    let (server, kv) = bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new();
-    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let (_keep, kv, app, store, last) = gap().await;
     let run = start(kv.watcher(), store, &app, |c| c);
     let store = run_to(run, last).await;
     assert_eq!(fold_of(&store), truth(&kv).await);
@@ -553,10 +552,7 @@ async fn the_default_relists_where_the_listing_is_the_truth() {
 
 #[tokio::test(start_paused = true)]
 async fn stop_ends_an_expired_watch_with_cursor_expired_and_the_fold_as_committed() {
-    let (server, kv) = bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new();
-    let (store, _) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let (_keep, kv, app, store, _) = gap().await;
     let before = fold_of(&store);
     let run = start(kv.watcher(), store, &app, |c| c.on_expiry(OnExpiry::Stop));
     let finished = run.task.await.unwrap();
@@ -570,10 +566,7 @@ async fn stop_ends_an_expired_watch_with_cursor_expired_and_the_fold_as_committe
 
 #[tokio::test(start_paused = true)]
 async fn repair_modes_needing_a_restore_stop_with_restore_unavailable() {
-    let (server, kv) = bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new();
-    let (store, _) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let (_keep, kv, app, store, _) = gap().await;
     let before = fold_of(&store);
     let run = start(kv.watcher(), store, &app, repair(RepairMode::Restore));
     let finished = run.task.await.unwrap();
@@ -590,10 +583,7 @@ async fn repair_modes_needing_a_restore_stop_with_restore_unavailable() {
 
 #[tokio::test(start_paused = true)]
 async fn auto_relists_when_the_listing_is_the_truth() {
-    let (server, kv) = bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new();
-    let (store, last) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let (_keep, kv, app, store, last) = gap().await;
     let run = start(kv.watcher(), store, &app, repair(RepairMode::Auto));
     let store = run_to(run, last).await;
     assert_eq!(fold_of(&store), truth(&kv).await);
@@ -601,10 +591,7 @@ async fn auto_relists_when_the_listing_is_the_truth() {
 
 #[tokio::test(start_paused = true)]
 async fn a_relist_without_a_store_stops_with_repair_needs_store() {
-    let (server, kv) = bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new();
-    let (store, _) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let (_keep, kv, app, store, _) = gap().await;
     let config = AppliedConfig::new(WatchScope::All)
         .resume_from(store.cursor().clone())
         .on_expiry(OnExpiry::Repair(RepairMode::Relist));
@@ -630,10 +617,7 @@ async fn a_failing_listing_or_retention_read_stops_the_repair_with_the_fold_unch
         (Hook::FailListing, "listing"),
         (Hook::FailRetention, "reading retention"),
     ] {
-        let (server, kv) = bucket().await;
-        let dir = tempfile::tempdir().unwrap();
-        let app = App::new();
-        let (store, _) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+        let (_keep, kv, app, store, _) = gap().await;
         let before = fold_of(&store);
         let run = start(
             Hooked::new(&kv, hook),
@@ -802,14 +786,11 @@ async fn a_relist_spilling_to_scratch_deletes_exactly_the_vanished_keys_and_clea
 
 #[tokio::test(start_paused = true)]
 async fn an_unusable_scratch_dir_fails_the_relist_with_its_path_and_leaves_the_fold() {
-    let (server, kv) = bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new();
-    let (store, _) = offline_gap_with_a_purged_delete(&server, &kv, dir.path(), &app).await;
+    let (keep, kv, app, store, _) = gap().await;
     let before = fold_of(&store);
     // A regular file where the scratch directory should be: nothing can be
     // created under it, even as root.
-    let not_a_dir = dir.path().join("scratch-is-a-file");
+    let not_a_dir = keep.dir.path().join("scratch-is-a-file");
     std::fs::write(&not_a_dir, b"").unwrap();
     let scratch_policy = ScratchPolicy {
         dir: not_a_dir.clone(),

@@ -578,6 +578,12 @@ async fn ready_comes_with_the_caught_up_cursor_committed_even_after_a_failed_com
     let mut run = start(&kv, store, &App::new(), |c| c);
     let ready = wait_status(&mut run.status, WatchStatus::is_ready).await;
     assert_eq!(ready.applied, Some(3), "{ready:?}");
+    let committed = plan.state().committed.last().map(|&(_, revision)| revision);
+    assert_eq!(
+        committed,
+        Some(Some(3)),
+        "the store holds the cursor Ready names"
+    );
     run.token.cancel();
     run.task.await.unwrap().result.unwrap();
 }

@@ -179,34 +179,30 @@ mod tests {
         ));
     }
 
+    /// A floor overrun while tailing, and the relist refused after one,
+    /// both say retention passed the projection.
     #[test]
-    fn a_floor_overrun_while_tailing_is_exhausted_retention() {
-        let engine = AppliedError::CursorExpired {
-            reason: ExpiryReason::FloorOverrun {
-                frontier: 4,
-                first_sequence: 9,
+    fn a_floor_overrun_or_the_relist_refused_after_it_is_exhausted_retention() {
+        let overrun = ExpiryReason::FloorOverrun {
+            frontier: 4,
+            first_sequence: 9,
+        };
+        let cursor = WatchCursor::at(4);
+        for engine in [
+            AppliedError::CursorExpired {
+                reason: overrun.clone(),
+                cursor: cursor.clone(),
             },
-            cursor: WatchCursor::at(4),
-        };
-        assert!(matches!(
-            StreamError::from(engine),
-            StreamError::RetentionExhausted { first_sequence: 9 }
-        ));
-    }
-
-    #[test]
-    fn a_refused_relist_after_the_floor_passed_is_exhausted_retention() {
-        let engine = AppliedError::RelistRefused {
-            reason: RepairCause::Expired(ExpiryReason::FloorOverrun {
-                frontier: 4,
-                first_sequence: 9,
-            }),
-            cursor: WatchCursor::at(4),
-        };
-        assert!(matches!(
-            StreamError::from(engine),
-            StreamError::RetentionExhausted { first_sequence: 9 }
-        ));
+            AppliedError::RelistRefused {
+                reason: RepairCause::Expired(overrun.clone()),
+                cursor: cursor.clone(),
+            },
+        ] {
+            assert!(matches!(
+                StreamError::from(engine),
+                StreamError::RetentionExhausted { first_sequence: 9 }
+            ));
+        }
         let cursorless = AppliedError::RelistRefused {
             reason: RepairCause::CursorlessStart,
             cursor: WatchCursor::none(),
