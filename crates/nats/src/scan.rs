@@ -11,7 +11,7 @@ use crate::ack::parse_ack_subject;
 use crate::consumer::{ConsumerRequest, Delivery, PushConsumer, StartPolicy, filter_subjects};
 use crate::decode::{message_size, to_update};
 use crate::error::NatsError;
-use crate::settle::Settle;
+use crate::settle::{Next, Settle};
 use crate::store::NatsBucket;
 
 impl NatsBucket {
@@ -45,19 +45,19 @@ impl NatsBucket {
         let timeout = self.timeout();
         let heartbeat = conn.settings.idle_heartbeat.min(timeout);
         let mut consumer = PushConsumer::create(&conn, &request, heartbeat).await?;
-        let mut settle = match Settle::after_creation(self, prefix.is_empty()).await {
+        let pending = consumer.initial_pending;
+        let mut settle = match Settle::after_creation(self, pending, prefix.is_empty()).await {
             Ok(settle) => settle,
             Err(e) => {
                 consumer.delete().await;
                 return Err(e);
             }
         };
-        let mut remaining = consumer.initial_pending;
         let mut expected_cseq = 1;
         let mut frontier = 0;
         let mut visited = 0u64;
         let mut deadline = Instant::now() + timeout;
-        let mut settled = remaining == 0;
+        let mut settled = settle.nothing_pending();
         while !settled {
             let wait = deadline.saturating_duration_since(Instant::now());
             match consumer.next(wait).await {
@@ -73,7 +73,6 @@ impl NatsBucket {
                         }
                         expected_cseq += 1;
                     }
-                    remaining = remaining.saturating_sub(1);
                     frontier = frontier.max(ack.stream_sequence.unwrap_or(0));
                     let live_size = if headers_only {
                         // Without the size a tombstone and a value look alike.
@@ -103,13 +102,12 @@ impl NatsBucket {
                         visited += 1;
                         f(update, live);
                     }
-                    // Asked only with the inbox dry (see `watch.rs`).
-                    let hint = match ack.pending {
-                        Some(pending) => pending == 0,
-                        None => remaining == 0,
-                    } && !consumer.has_data_waiting();
-                    settled = settle.delivered(ack.stream_sequence)
-                        || (hint && settle.check(self, &filters, frontier).await?);
+                    let more = consumer.has_data_waiting();
+                    settled = match settle.delivered(ack.stream_sequence, ack.pending, more) {
+                        Next::CaughtUp => true,
+                        Next::Check => settle.check(self, &filters, frontier).await?,
+                        Next::Wait => false,
+                    };
                 }
                 Delivery::FlowControl(subject)
                 | Delivery::Heartbeat {

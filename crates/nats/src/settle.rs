@@ -20,9 +20,20 @@ use slipstream_kv::KvError;
 
 use crate::store::NatsBucket;
 
-/// The catch-up check of one state-sync consumer.
+/// When one consumer has caught up. A delta consumer (ByStartSequence)
+/// delivers every retained message, so its pending number is exact; a
+/// state-sync's is checked as above.
 #[derive(Debug)]
 pub(crate) struct Settle {
+    /// Deliveries left by count, for reply subjects without a pending
+    /// number.
+    left: u64,
+    /// `None` for a delta consumer.
+    tail: Option<Tail>,
+}
+
+#[derive(Debug)]
+struct Tail {
     all_scope: bool,
     every_message_after: u64,
     window: Option<Window>,
@@ -34,14 +45,38 @@ struct Window {
     target: u64,
 }
 
+/// What to do after a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Every key in scope was delivered.
+    CaughtUp,
+    /// Ask the server where the scope ends ([`Settle::check`]).
+    Check,
+    /// Go on reading.
+    Wait,
+}
+
 impl Settle {
-    /// For a consumer that delivers every retained message after
-    /// `every_message_after` (`u64::MAX`: settle at the tail only).
-    pub(crate) fn new(all_scope: bool, every_message_after: u64) -> Self {
+    /// For a delta consumer with `pending` messages at creation; an idle
+    /// heartbeat means nothing is left for it.
+    pub(crate) fn delta(pending: u64) -> Self {
         Self {
-            all_scope,
-            every_message_after,
-            window: None,
+            left: pending,
+            tail: None,
+        }
+    }
+
+    /// For a state-sync consumer with `pending` messages at creation that
+    /// delivers every retained message after `every_message_after`
+    /// (`u64::MAX`: settle at the tail only).
+    pub(crate) fn state_sync(pending: u64, all_scope: bool, every_message_after: u64) -> Self {
+        Self {
+            left: pending,
+            tail: Some(Tail {
+                all_scope,
+                every_message_after,
+                window: None,
+            }),
         }
     }
 
@@ -49,48 +84,93 @@ impl Settle {
     /// sequence.
     pub(crate) async fn after_creation(
         bucket: &NatsBucket,
+        pending: u64,
         all_scope: bool,
     ) -> Result<Self, KvError> {
         let last = bucket.facts().await?.last_sequence;
-        Ok(Self::new(all_scope, last))
+        Ok(Self::state_sync(pending, all_scope, last))
     }
 
-    /// Whether the scope is unfiltered.
-    pub(crate) fn all_scope(&self) -> bool {
-        self.all_scope
+    /// The same check for a consumer re-created after `frontier` (`None`:
+    /// before any delivery, a fresh LastPerSubject consumer).
+    pub(crate) fn recreated(&self, pending: u64, frontier: Option<u64>) -> Self {
+        match &self.tail {
+            None => Self::delta(pending),
+            Some(tail) => Self::state_sync(pending, tail.all_scope, frontier.unwrap_or(u64::MAX)),
+        }
     }
 
-    /// After the delivery of `seq`: whether it closed a window, every
-    /// sequence up to its target received without a gap.
-    pub(crate) fn delivered(&mut self, seq: Option<u64>) -> bool {
-        let (Some(w), Some(seq)) = (self.window, seq) else {
+    /// Whether nothing was pending at creation: caught up at once.
+    pub(crate) fn nothing_pending(&self) -> bool {
+        self.left == 0
+    }
+
+    /// After a delivery of `seq` with the reply's `pending` number;
+    /// `more_waiting`: another data message already waits in the inbox.
+    pub(crate) fn delivered(
+        &mut self,
+        seq: Option<u64>,
+        pending: Option<u64>,
+        more_waiting: bool,
+    ) -> Next {
+        self.left = self.left.saturating_sub(1);
+        if self.closes_window(seq) {
+            return Next::CaughtUp;
+        }
+        // Counting deliveries is not enough: a key rewritten after the
+        // consumer was created loses its pending message, and a later
+        // message takes its place in the count while the rewrite is still
+        // to come. A backlog pushed at the tail says 0 on every message,
+        // so the server is asked only once the inbox runs dry.
+        let hint = match pending {
+            Some(pending) => pending == 0,
+            None => self.left == 0,
+        };
+        match (hint && !more_waiting, &self.tail) {
+            (false, _) => Next::Wait,
+            (true, None) => Next::CaughtUp,
+            (true, Some(_)) => Next::Check,
+        }
+    }
+
+    /// Whether the delivery of `seq` closed a window: every sequence up to
+    /// its target received without a gap.
+    fn closes_window(&mut self, seq: Option<u64>) -> bool {
+        let Some(tail) = &mut self.tail else {
+            return false;
+        };
+        let (Some(w), Some(seq)) = (tail.window, seq) else {
             return false;
         };
         let next = seq == w.delivered.saturating_add(1);
         if next && seq >= w.target {
-            self.window = None;
+            tail.window = None;
             return true;
         }
-        self.window = next.then_some(Window {
+        tail.window = next.then_some(Window {
             delivered: seq,
             target: w.target,
         });
         false
     }
 
-    /// At a hint: whether no message in scope lies beyond `delivered`.
-    /// Otherwise opens a window where one can be proven.
+    /// At a hint, or an idle heartbeat: whether no message in scope lies
+    /// beyond `delivered`. Otherwise opens a window where one can be
+    /// proven.
     pub(crate) async fn check(
         &mut self,
         bucket: &NatsBucket,
         filters: &[String],
         delivered: u64,
     ) -> Result<bool, KvError> {
-        let Some(last) = last_beyond(bucket, filters, self.all_scope, delivered).await? else {
+        let Some(tail) = &mut self.tail else {
             return Ok(true);
         };
-        if self.all_scope && self.window.is_none() && delivered >= self.every_message_after {
-            self.window = Some(Window {
+        let Some(last) = last_beyond(bucket, filters, tail.all_scope, delivered).await? else {
+            return Ok(true);
+        };
+        if tail.all_scope && tail.window.is_none() && delivered >= tail.every_message_after {
+            tail.window = Some(Window {
                 delivered,
                 target: last,
             });
@@ -140,35 +220,42 @@ mod tests {
     use super::*;
 
     fn windowed(delivered: u64, target: u64) -> Settle {
-        Settle {
-            all_scope: true,
-            every_message_after: 0,
-            window: Some(Window { delivered, target }),
+        let mut s = Settle::state_sync(100, true, 0);
+        if let Some(tail) = &mut s.tail {
+            tail.window = Some(Window { delivered, target });
         }
+        s
     }
 
     #[test]
     fn a_window_closes_when_every_sequence_to_its_target_arrived() {
         let mut s = windowed(10, 13);
-        assert!(!s.delivered(Some(11)));
-        assert!(!s.delivered(Some(12)));
-        assert!(s.delivered(Some(13)));
-        assert!(s.window.is_none());
+        assert_eq!(s.delivered(Some(11), Some(5), false), Next::Wait);
+        assert_eq!(s.delivered(Some(12), Some(5), false), Next::Wait);
+        assert_eq!(s.delivered(Some(13), Some(5), false), Next::CaughtUp);
     }
 
     #[test]
     fn a_gap_drops_the_window() {
         let mut s = windowed(10, 13);
-        assert!(!s.delivered(Some(12)));
-        assert!(s.window.is_none());
-        assert!(!s.delivered(Some(13)), "no window, no catch-up");
+        assert_eq!(s.delivered(Some(12), Some(5), false), Next::Wait);
+        assert_eq!(s.delivered(Some(13), Some(5), false), Next::Wait);
     }
 
     #[test]
-    fn without_a_window_or_a_sequence_nothing_closes() {
-        let mut s = Settle::new(true, 0);
-        assert!(!s.delivered(Some(1)));
-        let mut s = windowed(10, 11);
-        assert!(!s.delivered(None));
+    fn a_state_sync_checks_at_a_dry_hint_and_a_delta_trusts_it() {
+        let mut sync = Settle::state_sync(3, true, 0);
+        assert_eq!(sync.delivered(Some(1), Some(0), true), Next::Wait);
+        assert_eq!(sync.delivered(Some(2), Some(0), false), Next::Check);
+        let mut delta = Settle::delta(3);
+        assert_eq!(delta.delivered(Some(1), Some(0), true), Next::Wait);
+        assert_eq!(delta.delivered(Some(2), Some(0), false), Next::CaughtUp);
+    }
+
+    #[test]
+    fn without_a_pending_number_the_count_hints() {
+        let mut delta = Settle::delta(2);
+        assert_eq!(delta.delivered(Some(1), None, false), Next::Wait);
+        assert_eq!(delta.delivered(Some(2), None, false), Next::CaughtUp);
     }
 }

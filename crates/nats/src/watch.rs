@@ -26,7 +26,7 @@ use crate::consumer::{ConsumerRequest, Delivery, PushConsumer, StartPolicy, filt
 use crate::decode::to_update;
 use crate::error::NatsError;
 use crate::outbox::{Item, Outbox};
-use crate::settle::Settle;
+use crate::settle::{Next, Settle};
 use crate::store::NatsBucket;
 
 type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -212,21 +212,21 @@ impl KvWatcher for NatsBucket {
             WatchScope::Prefixes(ps) => ps.clone(),
         };
         let filters = filter_subjects(&self.inner.keyspace, &prefixes);
-        let mut settle = Settle::new(scope.is_all(), u64::MAX);
-        let (consumer, identity, frontier) = match &start {
+        let (consumer, settle, identity, frontier) = match &start {
             WatchStart::Relist => {
                 let identity = self.facts().await?.identity;
                 let consumer = self
                     .watch_consumer(&filters, StartPolicy::LastPerSubject)
                     .await?;
-                settle = match Settle::after_creation(self, scope.is_all()).await {
+                let settle = Settle::after_creation(self, consumer.initial_pending, scope.is_all());
+                let settle = match settle.await {
                     Ok(settle) => settle,
                     Err(e) => {
                         consumer.delete().await;
                         return Err(e);
                     }
                 };
-                (consumer, identity, None)
+                (consumer, settle, identity, None)
             }
             WatchStart::After(cursor) => {
                 let rank = cursor.rank();
@@ -237,23 +237,19 @@ impl KvWatcher for NatsBucket {
                     Some(id) => id.clone(),
                     None => self.facts().await?.identity,
                 };
-                (consumer, identity, Some(rank))
+                let settle = Settle::delta(consumer.initial_pending);
+                (consumer, settle, identity, Some(rank))
             }
         };
         let outbox = Outbox::default();
         let task = WatchTask {
             bucket: self.clone(),
             floor_guard: scope.is_all() && frontier.is_some(),
-            start_kind: match start {
-                WatchStart::Relist => StartKind::StateSync,
-                WatchStart::After(_) => StartKind::Delta,
-            },
-            settle,
             filters,
             identity,
             frontier,
             expected_cseq: 1,
-            catch_up: Some(consumer.initial_pending),
+            catch_up: Some(settle),
             out: outbox.clone(),
         };
         debug!(consumer = consumer.name(), ?scope, "watch started");
@@ -267,13 +263,6 @@ impl KvWatcher for NatsBucket {
     async fn retention(&self) -> Result<Retention, KvError> {
         Ok(retention_of(&self.facts().await?))
     }
-}
-
-/// How the watch began; a state-sync's catch-up needs checking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StartKind {
-    StateSync,
-    Delta,
 }
 
 enum Step {
@@ -292,14 +281,11 @@ struct WatchTask {
     filters: Vec<String>,
     identity: BucketIdentity,
     floor_guard: bool,
-    start_kind: StartKind,
-    settle: Settle,
     /// The highest revision passed on (or the resume cursor's).
     frontier: Option<u64>,
     expected_cseq: u64,
-    /// Deliveries left before `CaughtUp` by count, used only when a reply
-    /// subject carries no pending number; `None` once it was sent.
-    catch_up: Option<u64>,
+    /// When the consumer has caught up; `None` once `CaughtUp` was sent.
+    catch_up: Option<Settle>,
     out: Outbox,
 }
 
@@ -311,7 +297,7 @@ impl WatchTask {
         // After a long pause of a slow reader, one probe is enough.
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stall_after = settings.idle_heartbeat.saturating_mul(3);
-        self.arm_catch_up(consumer.initial_pending).await;
+        self.arm_catch_up(None).await;
         loop {
             let step = if self.floor_guard {
                 tokio::select! {
@@ -378,11 +364,8 @@ impl WatchTask {
                             // A consumer re-created after a delivery starts
                             // right after it; one re-created before any is a
                             // fresh state-sync, settled by the tail only.
-                            self.settle = Settle::new(
-                                self.settle.all_scope(),
-                                self.frontier.unwrap_or(u64::MAX),
-                            );
-                            self.arm_catch_up(consumer.initial_pending).await;
+                            let pending = consumer.initial_pending;
+                            self.arm_catch_up(Some(pending)).await;
                         }
                         Err(e) => {
                             self.out.send(Err(e)).await;
@@ -395,18 +378,24 @@ impl WatchTask {
         drop(consumer);
     }
 
-    /// Reset the catch-up count for a fresh consumer; send `CaughtUp` when
-    /// nothing is pending.
-    async fn arm_catch_up(&mut self, pending: u64) {
+    /// Start reading a consumer (re-created with this many messages
+    /// `pending`); send `CaughtUp` when nothing is pending.
+    async fn arm_catch_up(&mut self, recreated: Option<u64>) {
         self.expected_cseq = 1;
-        if self.catch_up.is_none() {
+        let Some(settle) = &mut self.catch_up else {
             return;
+        };
+        if let Some(pending) = recreated {
+            *settle = settle.recreated(pending, self.frontier);
         }
-        self.catch_up = Some(pending);
-        if pending == 0 {
-            self.catch_up = None;
-            self.out.send(Ok(WatchEvent::CaughtUp)).await;
+        if settle.nothing_pending() {
+            self.caught_up().await;
         }
+    }
+
+    async fn caught_up(&mut self) {
+        self.catch_up = None;
+        self.out.send(Ok(WatchEvent::CaughtUp)).await;
     }
 
     async fn on_message(&mut self, msg: Message, more: bool) -> Flow {
@@ -452,54 +441,31 @@ impl WatchTask {
         if let Some(update) = update {
             self.out.send(Ok(WatchEvent::Update(update))).await;
         }
-        if let Some(left) = self.catch_up {
-            let left = left.saturating_sub(1);
-            self.catch_up = Some(left);
-            if self.settle.delivered(ack.stream_sequence) {
-                self.catch_up = None;
-                self.out.send(Ok(WatchEvent::CaughtUp)).await;
-                return Flow::Continue;
-            }
-            // Counting deliveries is not enough: a key rewritten after the
-            // consumer was created loses its pending message, and a later
-            // message takes its place in the count while the rewrite is
-            // still to come. The server's pending number is a hint only:
-            // on a state-sync it reaches 0 with such rewrites still ahead.
-            let hint = match ack.pending {
-                Some(pending) => pending == 0,
-                None => left == 0,
-            };
-            if hint && !more {
-                self.settle_catch_up().await;
+        if let Some(settle) = &mut self.catch_up {
+            match settle.delivered(ack.stream_sequence, ack.pending, more) {
+                Next::CaughtUp => self.caught_up().await,
+                Next::Check => self.settle_catch_up().await,
+                Next::Wait => {}
             }
         }
         Flow::Continue
     }
 
-    /// Send `CaughtUp` if the watch has delivered everything in scope: on a
-    /// state-sync, checked against the server's last message in scope.
+    /// Send `CaughtUp` if the watch has delivered everything in scope (on
+    /// a state-sync, checked against the server's last message in scope).
     async fn settle_catch_up(&mut self) {
-        if self.catch_up.is_none() {
+        let Some(settle) = &mut self.catch_up else {
             return;
-        }
-        if self.start_kind == StartKind::StateSync {
-            let delivered = self.frontier.unwrap_or(0);
-            match self
-                .settle
-                .check(&self.bucket, &self.filters, delivered)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => return,
-                // The next hint or idle heartbeat asks again.
-                Err(e) => {
-                    warn!(error = %e, "cannot check whether a state-sync caught up; asking again later");
-                    return;
-                }
+        };
+        let delivered = self.frontier.unwrap_or(0);
+        match settle.check(&self.bucket, &self.filters, delivered).await {
+            Ok(true) => self.caught_up().await,
+            Ok(false) => {}
+            // The next hint or idle heartbeat asks again.
+            Err(e) => {
+                warn!(error = %e, "cannot check whether a state-sync caught up; asking again later");
             }
         }
-        self.catch_up = None;
-        self.out.send(Ok(WatchEvent::CaughtUp)).await;
     }
 
     async fn fail_overrun(&self, frontier: u64, first_sequence: u64) -> Flow {
