@@ -16,7 +16,7 @@ use bytes::Bytes;
 use common::{App, DEADLINE, FaultPlan, FaultStore, fold_of, open_store};
 use slipstream_applied::{
     AppliedConfig, AppliedError, AppliedWatch, Finished, MassDeletePolicy, OnExpiry, Phase,
-    RepairCause, RepairMode, ScratchPolicy, StatusReceiver, WatchStatus,
+    RepairCause, RepairMode, ScratchPolicy, StatusReceiver, Stopped, StoreSlot, WatchStatus,
 };
 use slipstream_kv::{
     Connection, ExpiryReason, KvError, KvReader, KvStore, KvWatcher, KvWriter, Retention,
@@ -1000,6 +1000,21 @@ async fn a_hot_bucket_outrunning_a_default_node_is_relisted_not_stopped() {
     assert_eq!(fold_of(&store), truth(&kv).await);
 }
 
+/// Run a node on `config` for `app`: its status, and its result.
+fn spawn_node<S: StoreSlot + 'static>(
+    watcher: MemoryStore,
+    config: AppliedConfig<S>,
+    app: &App,
+) -> (StatusReceiver, JoinHandle<Result<Stopped, AppliedError>>) {
+    let watch = AppliedWatch::new(watcher, config);
+    let status = watch.status();
+    let task = tokio::spawn(watch.run(app.handlers()));
+    (
+        status,
+        tokio::spawn(async move { task.await.unwrap().result }),
+    )
+}
+
 /// Nodes whose answer to an expiry is to stop (no store, or `Stop`), on a
 /// small bucket evicting nothing, written faster than they read: after
 /// their state-sync caught up, supersession moves the first sequence past
@@ -1019,21 +1034,9 @@ async fn nodes_that_stop_on_expiry_outrun_on_a_plain_bucket_go_on() {
         let (mut status, task) = if with_store {
             let (_, store) = open_store(dir.path(), &FaultPlan::new());
             let config = config.store(store).on_expiry(OnExpiry::Stop);
-            let watch = AppliedWatch::new(kv.watcher(), config);
-            let status = watch.status();
-            let task = tokio::spawn(watch.run(app.handlers()));
-            (
-                status,
-                tokio::spawn(async move { task.await.unwrap().result }),
-            )
+            spawn_node(kv.watcher(), config, &app)
         } else {
-            let watch = AppliedWatch::new(kv.watcher(), config);
-            let status = watch.status();
-            let task = tokio::spawn(watch.run(app.handlers()));
-            (
-                status,
-                tokio::spawn(async move { task.await.unwrap().result }),
-            )
+            spawn_node(kv.watcher(), config, &app)
         };
         wait_status(&mut status, |s| s.is_ready() && s.applied == Some(3)).await;
         // Before the node sees them, three rounds of rewrites (4..=12):
