@@ -162,8 +162,8 @@ impl WatchCursor {
         self
     }
 
-    /// The same memo at a new revision and message time. The memo's
-    /// `seen_evicting` and identity carry over.
+    /// The same memo at a new revision and message time. The rest of the
+    /// memo (`seen_evicting`, identity, an unchecked floor) carries over.
     #[must_use]
     pub fn advanced(&self, revision: u64, message_time: Option<Timestamp>) -> Self {
         let mut next = self.clone();
