@@ -72,9 +72,10 @@ pub(crate) struct Incarnation {
 impl<B: Backend> World<B> {
     /// O2 for a recovered (fold, cursor): each key as the cursor's
     /// incarnation's log has it at the cursor, except where
-    /// - the log changes the key after the cursor (a state-sync committed
-    ///   before it caught up; a restore's deletes, committed with the old
-    ///   cursor);
+    /// - the log changes the key after the cursor, or after a relist's
+    ///   unchecked floor below it (a state-sync committed before it caught
+    ///   up, or whose floor a purge passed; a restore's deletes, committed
+    ///   with the old cursor);
     /// - the key is missing and its last event has left the bucket (a
     ///   relist's or restore's deletes, committed with the old cursor);
     /// - the entry is newer than the cursor but is exactly the log's write
@@ -93,6 +94,13 @@ impl<B: Backend> World<B> {
             .unwrap_or(self.incs.len() - 1);
         let inc = &self.incs[at];
         let c = cursor.revision();
+        // Above a relist's unchecked floor the fold may lack what a purge
+        // took before the state-sync delivered it; the engine trusts it
+        // only below, and checks the floor at its next `CaughtUp`.
+        let trusted = match (c, cursor.unchecked_floor()) {
+            (Some(c), Some(floor)) => Some(c.min(floor.saturating_sub(1))),
+            _ => c,
+        };
         let replay = if c.is_some() {
             inc.log.replay(c)
         } else {
@@ -129,7 +137,7 @@ impl<B: Backend> World<B> {
                     continue;
                 }
             }
-            if inc.log.changed_after(key, c) || (replaced && have.is_none()) {
+            if inc.log.changed_after(key, trusted) || (replaced && have.is_none()) {
                 continue;
             }
             let vanished = inc
