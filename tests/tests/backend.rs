@@ -301,7 +301,7 @@ async fn retention_reads_the_live_stream() {
         (1, 0),
         "empty stream: first = last + 1"
     );
-    assert!(empty.evicts_current_values && empty.age_is_only_eviction);
+    assert!(empty.evicts_current_values() && empty.age_is_only_eviction());
     assert_eq!(empty.identity.stream, "KV_ret");
     put(&b, "a", "1").await;
     let r = b.retention().await.unwrap();
@@ -311,7 +311,7 @@ async fn retention_reads_the_live_stream() {
         .retention()
         .await
         .unwrap();
-    assert!(!plain.evicts_current_values);
+    assert!(!plain.evicts_current_values());
     assert_ne!(plain.identity, r.identity);
     assert!(conn.capabilities().multi_filter_watch);
 }

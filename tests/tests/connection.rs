@@ -151,7 +151,8 @@ async fn per_message_ttl_expires_values_where_the_server_supports_it() {
     b.put_with_ttl("short", Bytes::from("v"), Duration::from_secs(1))
         .await
         .unwrap();
-    assert!(b.retention().await.unwrap().evicts_current_values);
+    let retention = b.retention().await.unwrap();
+    assert!(!retention.evicts_current_values() && retention.eviction.per_message_ttl);
     assert!(wait_until(BOUND, || async { b.get("short").await.unwrap().is_none() }).await);
     let plain = open(&conn, StoreConfig::new("nottl")).await;
     let refused = plain

@@ -752,7 +752,7 @@ where
                 if self.config.scope.is_all()
                     && caught_up
                     && self.checks_gaps(
-                        retention.evicts_current_values || self.applied.seen_evicting(),
+                        retention.evicts_current_values() || self.applied.seen_evicting(),
                     )
                     && !resume_window_ok(frontier, retention.first_revision)
                 {
@@ -813,7 +813,7 @@ where
     ) -> Result<(), AppliedError> {
         if self.applied.seen_evicting()
             || listing_is_truth(
-                retention.evicts_current_values,
+                retention.evicts_current_values(),
                 retention.first_revision,
                 false,
             )

@@ -95,7 +95,7 @@ where
                 .applied
                 .message_time()
                 .map(|t| t.age_at(retention.observed_at));
-            if gap_holds_no_eviction(age, retention.max_age, retention.age_is_only_eviction) {
+            if gap_holds_no_eviction(age, retention.max_age, retention.age_is_only_eviction()) {
                 // R8: nothing the fold lacks can have aged out, so the gap
                 // holds only superseded revisions.
                 self.note_eviction(&retention).await?;
@@ -139,7 +139,7 @@ where
         };
         let retention = self.read_retention().await?;
         let truth = listing_is_truth(
-            retention.evicts_current_values,
+            retention.evicts_current_values(),
             retention.first_revision,
             self.applied.seen_evicting(),
         );
@@ -170,7 +170,7 @@ where
         // K7 with the memo as it was before this read: the memo records
         // eviction seen earlier, retention covers what is visible now.
         let truth = listing_is_truth(
-            retention.evicts_current_values,
+            retention.evicts_current_values(),
             retention.first_revision,
             self.applied.seen_evicting(),
         );

@@ -140,13 +140,13 @@ fn resumable(cursor: &WatchCursor, r: &Retention) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use slipstream::kv::{BucketIdentity, Timestamp};
+    use slipstream::kv::{BucketIdentity, Eviction, Timestamp};
 
     use super::*;
 
     fn retention(first: u64, last: u64) -> Retention {
         Retention {
-            evicts_current_values: false,
+            eviction: Eviction::default(),
             first_revision: first,
             last_revision: last,
             identity: BucketIdentity {
@@ -154,7 +154,6 @@ mod tests {
                 created: Timestamp::from_unix_nanos(1),
             },
             max_age: None,
-            age_is_only_eviction: false,
             observed_at: Timestamp::from_unix_nanos(2),
         }
     }

@@ -36,5 +36,6 @@ pub use cursor::{BucketIdentity, Timestamp, WatchCursor};
 pub use entry::{KvEntry, KvMarker, KvUpdate, WatchEvent};
 pub use error::{CursorDecodeError, ExpiryReason, KvError};
 pub use scope::{Retention, WatchScope, WatchStart, validate_key, validate_prefix};
+pub use slipstream_protocol::{Eviction, ListingTruth};
 pub use traits::{Connection, KvPurge, KvReader, KvStore, KvTtl, KvWatcher, KvWriter};
 pub use version::{MAX_VERSION_LEN, VersionToken};

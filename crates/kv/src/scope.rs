@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use slipstream_protocol::{Eviction, ListingTruth, listing_truth};
+
 use crate::cursor::{BucketIdentity, Timestamp, WatchCursor};
 use crate::error::KvError;
 
@@ -97,10 +99,8 @@ pub enum WatchStart {
 /// The bucket's retention as the server reports it now (V8).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {
-    /// Retention can remove a key's latest message (`max_age`, discard-old
-    /// under a limit, per-message TTL): "not listed" no longer means
-    /// "deleted".
-    pub evicts_current_values: bool,
+    /// What the bucket's configuration lets retention remove (N11).
+    pub eviction: Eviction,
     /// The first retained sequence (`last + 1` when empty).
     pub first_revision: u64,
     /// The last sequence ever stored.
@@ -109,10 +109,30 @@ pub struct Retention {
     pub identity: BucketIdentity,
     /// The bucket's `max_age`, if any.
     pub max_age: Option<Duration>,
-    /// Age is the only way this bucket evicts current values (K11).
-    pub age_is_only_eviction: bool,
     /// The server's clock when this was read.
     pub observed_at: Timestamp,
+}
+
+impl Retention {
+    /// Retention can remove a key's latest message (`max_age`, or
+    /// discard-old under a limit): "not listed" no longer means "deleted".
+    /// Per-message TTL does not count (N11).
+    #[must_use]
+    pub const fn evicts_current_values(&self) -> bool {
+        self.eviction.evicts_current_values()
+    }
+
+    /// Age is the only way this bucket evicts current values (K11).
+    #[must_use]
+    pub const fn age_is_only_eviction(&self) -> bool {
+        self.eviction.age_is_only_eviction()
+    }
+
+    /// K7 on this read and a cursor's memo, with the reason.
+    #[must_use]
+    pub const fn listing_truth(&self, seen_evicting: bool) -> ListingTruth {
+        listing_truth(self.eviction, self.first_revision, seen_evicting)
+    }
 }
 
 /// Check a key: non-empty, characters `[-/_=.a-zA-Z0-9]`, no leading or

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use slipstream_kv::{
-    BucketIdentity, DiscardPolicy, KvEntry, KvError, KvMarker, KvUpdate, MessageTtl, Retention,
-    StoreConfig, Timestamp, VersionToken, WatchScope,
+    BucketIdentity, DiscardPolicy, Eviction, KvEntry, KvError, KvMarker, KvUpdate, MessageTtl,
+    Retention, StoreConfig, Timestamp, VersionToken, WatchScope,
 };
 
 /// What a stored message does to its key.
@@ -182,14 +182,16 @@ impl Bucket {
 
     pub(crate) fn retention(&self, now: Timestamp) -> Retention {
         let l = &self.limits;
-        let ttl = l.message_ttl == MessageTtl::Enabled;
         Retention {
-            evicts_current_values: l.max_age.is_some() || ttl || l.limits_evict(),
+            eviction: Eviction {
+                max_age: l.max_age.is_some(),
+                discard_old_limit: l.limits_evict(),
+                per_message_ttl: l.message_ttl == MessageTtl::Enabled,
+            },
             first_revision: self.first_seq(),
             last_revision: self.last_seq,
             identity: self.identity.clone(),
             max_age: l.max_age,
-            age_is_only_eviction: l.max_age.is_some() && !ttl && !l.limits_evict(),
             observed_at: now,
         }
     }

@@ -249,7 +249,7 @@ async fn k7_trusting_the_listing_on_an_evicting_bucket_deletes_a_live_key() {
     };
 
     let real_trust = listing_is_truth(
-        retention.evicts_current_values,
+        retention.evicts_current_values(),
         retention.first_revision,
         false,
     );
@@ -279,7 +279,7 @@ async fn k7_trusting_the_listing_on_an_evicting_bucket_deletes_a_live_key() {
     store.writer().delete("gone").await.unwrap();
     let r = store.watcher_retention().await;
     assert!(listing_is_truth(
-        r.evicts_current_values,
+        r.evicts_current_values(),
         r.first_revision,
         false
     ));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use serde_json::Value;
-use slipstream_kv::{DiscardPolicy, MessageTtl, Retention, StorageKind, StoreConfig};
+use slipstream_kv::{DiscardPolicy, Eviction, MessageTtl, Retention, StorageKind, StoreConfig};
 use tracing::{debug, info, warn};
 
 use crate::api::{ConnShared, StreamFacts, api_error, bounded};
@@ -170,15 +170,16 @@ pub(crate) fn stream_config(config: &StoreConfig) -> stream::Config {
 /// N11: retention from the stream's configuration and state.
 pub(crate) fn retention_of(facts: &StreamFacts) -> Retention {
     let limited = facts.max_msgs > 0 || facts.max_bytes > 0;
-    let by_age = facts.max_age.is_some();
-    let by_limit = facts.discard_old && limited;
     Retention {
-        evicts_current_values: by_age || facts.allow_msg_ttl || by_limit,
+        eviction: Eviction {
+            max_age: facts.max_age.is_some(),
+            discard_old_limit: facts.discard_old && limited,
+            per_message_ttl: facts.allow_msg_ttl,
+        },
         first_revision: facts.first_sequence,
         last_revision: facts.last_sequence,
         identity: facts.identity.clone(),
         max_age: facts.max_age,
-        age_is_only_eviction: by_age && !facts.allow_msg_ttl && !by_limit,
         observed_at: facts.observed_at,
     }
 }
@@ -278,15 +279,19 @@ mod tests {
     }
 
     #[test]
-    fn retention_evicts_current_values_by_age_ttl_or_discard_old_limit() {
-        assert!(!retention_of(&facts(None, -1, true, false)).evicts_current_values);
-        assert!(!retention_of(&facts(None, 100, false, false)).evicts_current_values);
+    fn retention_evicts_current_values_by_age_or_discard_old_limit_not_ttl() {
+        assert!(!retention_of(&facts(None, -1, true, false)).evicts_current_values());
+        assert!(!retention_of(&facts(None, 100, false, false)).evicts_current_values());
         let by_limit = retention_of(&facts(None, 100, true, false));
-        assert!(by_limit.evicts_current_values && !by_limit.age_is_only_eviction);
+        assert!(by_limit.evicts_current_values() && !by_limit.age_is_only_eviction());
         let by_age = retention_of(&facts(Some(Duration::from_secs(1)), -1, true, false));
-        assert!(by_age.evicts_current_values && by_age.age_is_only_eviction);
+        assert!(by_age.evicts_current_values() && by_age.age_is_only_eviction());
+        // nats-py's default bucket: TTL allowed, discard new, no max_age.
         let by_ttl = retention_of(&facts(None, -1, false, true));
-        assert!(by_ttl.evicts_current_values && !by_ttl.age_is_only_eviction);
+        assert!(!by_ttl.evicts_current_values() && !by_ttl.age_is_only_eviction());
+        assert!(by_ttl.listing_truth(false).is_truth());
+        let age_and_ttl = retention_of(&facts(Some(Duration::from_secs(1)), -1, false, true));
+        assert!(age_and_ttl.evicts_current_values() && !age_and_ttl.age_is_only_eviction());
     }
 
     #[test]

@@ -10,6 +10,9 @@ use crate::ack::AckInfo;
 
 /// The header naming a KV operation.
 pub(crate) const KV_OPERATION: &str = "KV-Operation";
+/// The header a server-placed delete marker carries (limit markers,
+/// `subject_delete_marker_ttl`), naming why the key's messages went.
+pub(crate) const MARKER_REASON: &str = "Nats-Marker-Reason";
 /// The header carrying a value's size in headers-only deliveries.
 pub(crate) const MSG_SIZE: &str = "Nats-Msg-Size";
 
@@ -22,14 +25,25 @@ pub(crate) enum Operation {
 }
 
 /// The operation a message's headers announce; absent means put.
+///
+/// A server's delete marker has no `KV-Operation`, only a reason: `Remove`
+/// stands for a delete, `MaxAge` and `Purge` for a purge (the key's
+/// history is gone either way). An unknown reason is still a marker, never
+/// a value: it is taken as a delete.
 pub(crate) fn operation(headers: Option<&HeaderMap>) -> Operation {
-    match headers
-        .and_then(|h| h.get(KV_OPERATION))
-        .map(async_nats::HeaderValue::as_str)
-    {
+    let header = |name| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(async_nats::HeaderValue::as_str)
+    };
+    match header(KV_OPERATION) {
         Some("DEL") => Operation::Delete,
         Some("PURGE") => Operation::Purge,
-        _ => Operation::Put,
+        _ => match header(MARKER_REASON) {
+            None => Operation::Put,
+            Some("MaxAge" | "Purge") => Operation::Purge,
+            Some(_) => Operation::Delete,
+        },
     }
 }
 
@@ -130,6 +144,38 @@ mod tests {
         assert!(matches!(d, KvUpdate::Delete(_)));
         let p = to_update("$KV.b.k", "$KV.b.", Some(&purge), Bytes::new(), ack).unwrap();
         assert!(matches!(p, KvUpdate::Purge(_)));
+    }
+
+    #[test]
+    fn server_delete_markers_are_deletes_whatever_their_reason() {
+        let ack = parse_ack_subject("$JS.ACK.KV_b.c.1.9.1.5.0");
+        let marker = |reason: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(MARKER_REASON, reason);
+            h.insert("Nats-TTL", "1s");
+            to_update("$KV.b.k", "$KV.b.", Some(&h), Bytes::new(), ack).unwrap()
+        };
+        assert!(matches!(marker("MaxAge"), KvUpdate::Purge(_)));
+        assert!(matches!(marker("Purge"), KvUpdate::Purge(_)));
+        assert!(matches!(marker("Remove"), KvUpdate::Delete(_)));
+        assert!(matches!(marker("SomethingNew"), KvUpdate::Delete(_)));
+        // An explicit operation wins over a reason.
+        let mut both = HeaderMap::new();
+        both.insert(KV_OPERATION, "PURGE");
+        both.insert(MARKER_REASON, "Remove");
+        let p = to_update("$KV.b.k", "$KV.b.", Some(&both), Bytes::new(), ack).unwrap();
+        assert!(matches!(p, KvUpdate::Purge(_)));
+        // A TTL on a put does not make it a marker.
+        let mut ttl = HeaderMap::new();
+        ttl.insert("Nats-TTL", "5s");
+        let put = to_update(
+            "$KV.b.k",
+            "$KV.b.",
+            Some(&ttl),
+            Bytes::from_static(b"v"),
+            ack,
+        );
+        assert!(matches!(put, Some(KvUpdate::Put(_))));
     }
 
     #[test]

@@ -17,6 +17,96 @@ pub const fn restore_allowed(artifact: u64, local: u64, first_sequence: u64) -> 
     restore_ahead(artifact, local) && resume_window_ok(artifact, first_sequence)
 }
 
+/// What a bucket's configuration lets retention remove (N11, K7's input).
+///
+/// Per-message TTL is not in the eviction test: a message that carries
+/// `Nats-TTL` expires because its writer said so, as a delete would, and the
+/// server lists the key as gone afterwards, so the listing stays the truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Eviction {
+    /// The bucket has a `max_age`: current values age out.
+    pub max_age: bool,
+    /// The bucket discards old messages under a message or byte limit.
+    pub discard_old_limit: bool,
+    /// The bucket allows per-message TTL (`allow_msg_ttl`).
+    pub per_message_ttl: bool,
+}
+
+impl Eviction {
+    /// K7's input: retention can remove a key's latest message behind the
+    /// reader's back, so "not listed" no longer means "deleted".
+    #[must_use]
+    pub const fn evicts_current_values(self) -> bool {
+        self.max_age || self.discard_old_limit
+    }
+
+    /// K11's input: age is the only way anything the fold holds can leave
+    /// the log unseen. A TTL can end a message sooner than `max_age`, so a
+    /// bucket allowing it does not qualify.
+    #[must_use]
+    pub const fn age_is_only_eviction(self) -> bool {
+        self.max_age && !self.discard_old_limit && !self.per_message_ttl
+    }
+}
+
+/// K7's verdict with its reason, so a refusal or a status line can say why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListingTruth {
+    /// Nothing but supersession, deletes and the writers' own TTLs removes
+    /// messages: a key that is not listed was deleted.
+    NothingEvicts,
+    /// The bucket may evict, but its head never moved (first revision <= 1).
+    NothingEvictedYet,
+    /// The cursor's memo saw retention evict current values earlier.
+    EvictionSeen,
+    /// `max_age` removed messages from the head.
+    EvictedByAge,
+    /// A discard-old limit removed messages from the head.
+    EvictedByLimit,
+}
+
+impl ListingTruth {
+    /// Whether a key the listing lacks was really deleted.
+    #[must_use]
+    pub const fn is_truth(self) -> bool {
+        matches!(self, Self::NothingEvicts | Self::NothingEvictedYet)
+    }
+
+    /// The reason in a few words, for logs and `status`.
+    #[must_use]
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Self::NothingEvicts => {
+                "no max_age and no discard-old limit: only supersession, deletes and per-message TTLs remove messages"
+            }
+            Self::NothingEvictedYet => "retention may evict, but nothing has left the head yet",
+            Self::EvictionSeen => "this fold's memo saw retention evict current values",
+            Self::EvictedByAge => "max_age has evicted messages from the head",
+            Self::EvictedByLimit => "a discard-old limit has evicted messages from the head",
+        }
+    }
+}
+
+/// K7 with its reason: [`listing_is_truth`] on an [`Eviction`].
+#[must_use]
+pub const fn listing_truth(
+    eviction: Eviction,
+    first_revision: u64,
+    seen_evicting: bool,
+) -> ListingTruth {
+    if seen_evicting {
+        ListingTruth::EvictionSeen
+    } else if !eviction.evicts_current_values() {
+        ListingTruth::NothingEvicts
+    } else if first_revision <= 1 {
+        ListingTruth::NothingEvictedYet
+    } else if eviction.max_age {
+        ListingTruth::EvictedByAge
+    } else {
+        ListingTruth::EvictedByLimit
+    }
+}
+
 /// K7: whether the bucket's key listing is the truth, i.e. a key that is not
 /// listed was really deleted.
 ///

@@ -6,9 +6,9 @@ use core::time::Duration;
 
 use proptest::prelude::*;
 use slipstream_protocol::{
-    MassDeleteLimit, MassDeleteVerdict, RepairMode, RepairPlan, cursorless_start_needs_repair,
-    gap_holds_no_eviction, listing_is_truth, mass_delete_guard, plan_repair, restore_ahead,
-    restore_allowed, resume_window_ok,
+    Eviction, ListingTruth, MassDeleteLimit, MassDeleteVerdict, RepairMode, RepairPlan,
+    cursorless_start_needs_repair, gap_holds_no_eviction, listing_is_truth, listing_truth,
+    mass_delete_guard, plan_repair, restore_ahead, restore_allowed, resume_window_ok,
 };
 
 const MODES: [RepairMode; 4] = [
@@ -116,6 +116,73 @@ fn listing_of_an_evicting_bucket_whose_head_moved_is_not_the_truth() {
 #[test]
 fn listing_after_the_memo_saw_eviction_is_never_the_truth() {
     assert!(!listing_is_truth(false, 1, true));
+}
+
+#[test]
+fn per_message_ttl_alone_keeps_the_listing_the_truth() {
+    // nats-py's default bucket: allow_msg_ttl, no max_age, discard new.
+    let nats_py = Eviction {
+        per_message_ttl: true,
+        ..Eviction::default()
+    };
+    assert!(!nats_py.evicts_current_values());
+    assert!(!nats_py.age_is_only_eviction());
+    assert_eq!(
+        listing_truth(nats_py, 129, false),
+        ListingTruth::NothingEvicts
+    );
+    assert!(listing_truth(nats_py, u64::MAX, false).is_truth());
+}
+
+#[test]
+fn age_or_a_discard_old_limit_evicts_and_says_which() {
+    let by_age = Eviction {
+        max_age: true,
+        ..Eviction::default()
+    };
+    let by_limit = Eviction {
+        discard_old_limit: true,
+        per_message_ttl: true,
+        ..Eviction::default()
+    };
+    assert!(by_age.evicts_current_values() && by_age.age_is_only_eviction());
+    assert!(by_limit.evicts_current_values() && !by_limit.age_is_only_eviction());
+    assert_eq!(listing_truth(by_age, 2, false), ListingTruth::EvictedByAge);
+    assert_eq!(
+        listing_truth(by_limit, 2, false),
+        ListingTruth::EvictedByLimit
+    );
+    assert_eq!(
+        listing_truth(by_age, 1, false),
+        ListingTruth::NothingEvictedYet
+    );
+    assert_eq!(listing_truth(by_age, 1, true), ListingTruth::EvictionSeen);
+    // A TTL can end a message before max_age does: K11 may not assume age.
+    let age_and_ttl = Eviction {
+        max_age: true,
+        per_message_ttl: true,
+        ..Eviction::default()
+    };
+    assert!(!age_and_ttl.age_is_only_eviction());
+}
+
+proptest! {
+    #[test]
+    fn listing_truth_is_k7_with_a_reason(
+        max_age: bool,
+        discard_old_limit: bool,
+        per_message_ttl: bool,
+        first: u64,
+        seen: bool,
+    ) {
+        let e = Eviction { max_age, discard_old_limit, per_message_ttl };
+        let verdict = listing_truth(e, first, seen);
+        prop_assert_eq!(
+            verdict.is_truth(),
+            listing_is_truth(e.evicts_current_values(), first, seen)
+        );
+        prop_assert!(!verdict.reason().is_empty());
+    }
 }
 
 // ---------------------------------------------------------------- K8

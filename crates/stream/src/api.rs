@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::Client;
 use bytes::Bytes;
 use serde_json::Value;
-use slipstream_kv::{BucketIdentity, Retention, Timestamp};
+use slipstream_kv::{BucketIdentity, Eviction, Retention, Timestamp};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -172,16 +172,19 @@ impl StreamFacts {
     }
 
     /// The facts as the engine's [`Retention`]: current values can be
-    /// evicted by age, by per-message TTL, or by a discard-old limit.
+    /// evicted by age or by a discard-old limit; a per-message TTL is the
+    /// writer's own expiry (N11).
     pub(crate) fn retention(&self) -> Retention {
-        let by_age = self.max_age.is_some();
         Retention {
-            evicts_current_values: by_age || self.allow_msg_ttl || self.limited_discard_old,
+            eviction: Eviction {
+                max_age: self.max_age.is_some(),
+                discard_old_limit: self.limited_discard_old,
+                per_message_ttl: self.allow_msg_ttl,
+            },
             first_revision: self.first_sequence,
             last_revision: self.last_sequence,
             identity: self.identity.clone(),
             max_age: self.max_age,
-            age_is_only_eviction: by_age && !self.allow_msg_ttl && !self.limited_discard_old,
             observed_at: self.observed_at,
         }
     }
@@ -222,7 +225,7 @@ mod tests {
         });
         let f = StreamFacts::from_info("orders", &info).unwrap();
         assert_eq!((f.first_sequence, f.last_sequence), (8, 7));
-        assert!(!f.retention().evicts_current_values);
+        assert!(!f.retention().evicts_current_values());
     }
 
     #[test]
@@ -233,8 +236,8 @@ mod tests {
             "state": {"messages": 3, "first_seq": 5, "last_seq": 7}
         });
         let r = StreamFacts::from_info("orders", &info).unwrap().retention();
-        assert!(r.evicts_current_values);
-        assert!(!r.age_is_only_eviction, "the message limit evicts too");
+        assert!(r.evicts_current_values());
+        assert!(!r.age_is_only_eviction(), "the message limit evicts too");
         assert_eq!(r.max_age, Some(Duration::from_secs(3)));
         assert_eq!((r.first_revision, r.last_revision), (5, 7));
     }

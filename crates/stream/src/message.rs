@@ -9,6 +9,7 @@ use slipstream_kv::{KvEntry, KvMarker, KvUpdate, Timestamp, VersionToken};
 
 /// The header a KV bucket's stream uses to mark deletes and purges.
 const KV_OPERATION: &str = "KV-Operation";
+const MARKER_REASON: &str = "Nats-Marker-Reason";
 
 /// A stream message as a [`KeyMapping::Custom`] function sees it.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +34,8 @@ pub type KeyFn = Arc<dyn Fn(&MessageView<'_>) -> String + Send + Sync>;
 /// same engine and stores serve KV buckets and plain streams. Two
 /// exceptions keep a KV bucket's stream projecting to the bucket's own
 /// fold: a `KV-Operation: DEL` or `PURGE` header makes the message a
-/// delete or purge marker, and an empty payload is a put of an empty value
+/// delete or purge marker, as does a server's `Nats-Marker-Reason`
+/// (`MaxAge` and `Purge` a purge, anything else a delete), and an empty payload is a put of an empty value
 /// (a tombstone to the fold's readers).
 #[derive(Clone, Default)]
 pub enum KeyMapping {
@@ -94,13 +96,17 @@ impl KeyMapping {
             version,
             created,
         };
-        match message
-            .headers
-            .and_then(|h| h.get(KV_OPERATION))
-            .map(async_nats::HeaderValue::as_str)
-        {
-            Some("DEL") => KvUpdate::Delete(marker()),
-            Some("PURGE") => KvUpdate::Purge(marker()),
+        let header = |name| {
+            message
+                .headers
+                .and_then(|h| h.get(name))
+                .map(async_nats::HeaderValue::as_str)
+        };
+        // A server's delete marker (limit markers) names only a reason.
+        match (header(KV_OPERATION), header(MARKER_REASON)) {
+            (Some("DEL"), _) => KvUpdate::Delete(marker()),
+            (Some("PURGE"), _) | (None, Some("MaxAge" | "Purge")) => KvUpdate::Purge(marker()),
+            (None, Some(_)) => KvUpdate::Delete(marker()),
             _ => KvUpdate::Put(KvEntry {
                 key,
                 value: message.payload.clone(),
@@ -170,5 +176,12 @@ mod tests {
             m.to_update(&view("k", &p, Some(&purge)), None),
             KvUpdate::Purge(_)
         ));
+        for (reason, purge) in [("MaxAge", true), ("Purge", true), ("Remove", false)] {
+            let mut h = HeaderMap::new();
+            h.insert(MARKER_REASON, reason);
+            let u = m.to_update(&view("k", &p, Some(&h)), None);
+            assert_eq!(matches!(u, KvUpdate::Purge(_)), purge, "{reason}");
+            assert!(!u.is_live(), "{reason}");
+        }
     }
 }

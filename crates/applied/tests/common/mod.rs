@@ -15,8 +15,8 @@ use bytes::Bytes;
 use futures::channel::mpsc;
 use slipstream_applied::{Handlers, handlers};
 use slipstream_kv::{
-    BucketIdentity, KvEntry, KvError, KvMarker, KvUpdate, KvWatcher, Retention, Timestamp,
-    VersionToken, WatchCursor, WatchEvent, WatchScope, WatchStart,
+    BucketIdentity, Eviction, KvEntry, KvError, KvMarker, KvUpdate, KvWatcher, Retention,
+    Timestamp, VersionToken, WatchCursor, WatchEvent, WatchScope, WatchStart,
 };
 use slipstream_snapshot::{
     AppendLogOptions, AppendLogStore, BackendId, Durability, EntryRef, SnapshotError,
@@ -398,7 +398,7 @@ impl KvWatcher for ScriptedWatcher {
 
     async fn retention(&self) -> Result<Retention, KvError> {
         Ok(Retention {
-            evicts_current_values: false,
+            eviction: Eviction::default(),
             first_revision: 1,
             // A script's end is not known up front: no revision is past it.
             last_revision: u64::MAX,
@@ -407,7 +407,6 @@ impl KvWatcher for ScriptedWatcher {
                 created: Timestamp::from_unix_nanos(1),
             },
             max_age: None,
-            age_is_only_eviction: false,
             observed_at: Timestamp::from_unix_nanos(1),
         })
     }

@@ -559,7 +559,7 @@ impl<B: Backend> World<B> {
                 named(cursor);
                 assert!(
                     cursor.seen_evicting()
-                        || (retention.evicts_current_values && retention.first_revision > 1),
+                        || (retention.evicts_current_values() && retention.first_revision > 1),
                     "relist refused on a bucket whose listing is the truth: {retention:?}"
                 );
             }

@@ -73,7 +73,7 @@ pub async fn max_msgs_evicts_from_the_head<H: ConformanceHarness>(h: &H) {
         .expect("set_max_msgs");
     let retention = fx.retention().await;
     assert_eq!((retention.first_revision, retention.last_revision), (3, 4));
-    assert!(retention.evicts_current_values);
+    assert!(retention.evicts_current_values());
     assert_eq!(fx.get("a").await, None, "a current value was evicted");
     fx.put("e", b"1").await;
     assert_eq!(fx.retention().await.first_revision, 4);
@@ -125,7 +125,7 @@ pub async fn discard_new_refuses_writes_at_the_byte_limit<H: ConformanceHarness>
     assert!(refused.is_some(), "a write past max_bytes is refused");
     let retention = fx.retention().await;
     assert_eq!(retention.first_revision, 1, "nothing was evicted");
-    assert!(!retention.evicts_current_values);
+    assert!(!retention.evicts_current_values());
     assert_eq!(fx.get("k000").await, Some(value));
 }
 
@@ -139,7 +139,7 @@ pub async fn discard_old_byte_limit_evicts_from_the_head<H: ConformanceHarness>(
     let retention = fx.retention().await;
     assert!(retention.first_revision > 1);
     assert_eq!(retention.last_revision, 100);
-    assert!(retention.evicts_current_values);
+    assert!(retention.evicts_current_values());
     assert_eq!(fx.get("k000").await, None);
     assert_eq!(fx.get("k099").await.as_deref(), Some(&value[..]));
 }
@@ -170,7 +170,7 @@ pub async fn subject_purge_removes_key_and_its_markers<H: ConformanceHarness>(h:
 /// whether age is the only way it does, from the bucket's configuration.
 pub async fn retention_reports_limits_truthfully<H: ConformanceHarness>(h: &H) {
     type Configure = fn(StoreConfig) -> StoreConfig;
-    let cases: [(&str, Configure, bool, bool); 5] = [
+    let cases: [(&str, Configure, bool, bool); 6] = [
         ("ret-plain", |c| c.history(5), false, false),
         (
             "ret-age",
@@ -188,19 +188,28 @@ pub async fn retention_reports_limits_truthfully<H: ConformanceHarness>(h: &H) {
         (
             "ret-ttl",
             |c| c.message_ttl(MessageTtl::Enabled),
+            false,
+            false,
+        ),
+        (
+            "ret-age-ttl",
+            |c| {
+                c.message_ttl(MessageTtl::Enabled)
+                    .max_age(Duration::from_secs(3_600))
+            },
             true,
             false,
         ),
     ];
     for (case, config, evicts, age_only) in cases {
         let fx = Fixture::new(h, case, config).await;
-        if case == "ret-ttl" && !fx.conn.capabilities().per_message_ttl {
+        if case.ends_with("ttl") && !fx.conn.capabilities().per_message_ttl {
             // The server cannot enable per-message TTL (NATS before 2.11).
             continue;
         }
         let r = fx.retention().await;
         assert_eq!(
-            (r.evicts_current_values, r.age_is_only_eviction),
+            (r.evicts_current_values(), r.age_is_only_eviction()),
             (evicts, age_only),
             "{case}"
         );

@@ -196,7 +196,9 @@ where
     .await
     .expect("put_with_ttl");
     fx.put("stays", b"v").await;
-    assert!(fx.retention().await.evicts_current_values);
+    // The writer's own TTL is not eviction: the listing stays the truth.
+    let retention = fx.retention().await;
+    assert!(!retention.evicts_current_values() && retention.eviction.per_message_ttl);
     assert_eq!(fx.get("short").await.as_deref(), Some(&b"v"[..]));
     advance(h, Duration::from_millis(1_500)).await;
     eventually(h, "the TTL'd value expires", || async {
