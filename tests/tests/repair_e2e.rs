@@ -3,8 +3,11 @@
 //! (and repair mode `None` keeps), a running watch overrun by retention and
 //! repaired in process, the mass-delete guard and its override, a relist
 //! refused where the bucket's listing is not the truth, a restore from
-//! another node's artifact on a bucket whose values age out, and a deleted
-//! and recreated bucket repaired instead of waited on.
+//! another node's artifact on a bucket whose values age out, a deleted
+//! and recreated bucket repaired instead of waited on, and buckets made
+//! exactly as nats-py, nats.go and the `nats` CLI make them (an offline
+//! gap of supersession, a purged delete, a per-message TTL expiring while
+//! the node is down and while it runs).
 //!
 //! Each scenario is a fn generic over the store; `for_each_store!` makes
 //! one test per store. The helpers in `harness` (a server with a bucket,
@@ -22,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use harness::{
-    App, BURST_KEYS, Fold, Live, Op, Watched, assert_converged, burst_key, finish, fold_of,
+    App, BURST_KEYS, Client, Fold, Live, Op, Watched, assert_converged, burst_key, finish, fold_of,
     open_store, plain, put_op, repair, repair_delete, run_to, start_node, stop, synced_store,
     values, wait_applied,
 };
@@ -750,3 +753,171 @@ async fn a_state_sync_reading_a_pushed_backlog_asks_where_the_stream_ends_only_a
         "{asked} API requests while reading {updates} updates"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Scenario 8: buckets as other clients make them
+// ---------------------------------------------------------------------------
+
+/// One append-log `#[tokio::test]` per client for a scenario fn taking the
+/// client whose bucket it runs on.
+macro_rules! for_each_client {
+    ($scenario:ident: $py:ident, $go:ident, $cli:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $py() {
+            $scenario::<AppendLogStore>(Client::NatsPy, "nats-py").await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $go() {
+            $scenario::<AppendLogStore>(Client::NatsGo, "nats-go").await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $cli() {
+            $scenario::<AppendLogStore>(Client::NatsCliLimitMarkers, "nats-cli").await;
+        }
+    };
+}
+
+/// A default node synced at 3 (`a`, `b`, `c`, history 1) goes down; every
+/// key is rewritten twice, so the head passes its resume point by
+/// supersession alone. It restarts, repairs without refusing, and ends
+/// equal to the bucket. Under a rule that took per-message TTL for
+/// eviction, nats-py's and the limit-marker bucket refused the relist.
+async fn offline_supersession_gap_on_a_foreign_bucket<S: SnapshotStore>(
+    client: Client,
+    label: &str,
+) {
+    let live = Live::start_foreign(label, client).await;
+    for key in ["a", "b", "c"] {
+        live.put(key, "v1").await;
+    }
+    let store = synced_store::<S>(&live, 3).await;
+    for round in ["v2", "v3"] {
+        for key in ["a", "b", "c"] {
+            live.put(key, round).await;
+        }
+    }
+    let last = live.stream_last().await;
+    assert_eq!(live.wait_first_sequence_above(4).await, last - 2);
+    let app = App::resuming(&store);
+    let mut node = start_node(&live, store, &app, plain);
+    wait_applied(&mut node, last).await;
+    assert!(
+        node.watched().iter().any(|w| matches!(
+            w,
+            Watched::Refused(ExpiryReason::BelowFirstSequence { revision: 3, .. })
+        )),
+        "the gap was seen: {:?}",
+        node.watched()
+    );
+    let store = stop(node).await;
+    assert!(!store.cursor().seen_evicting(), "nothing was evicted");
+    assert_converged(&live, &store, &app).await;
+}
+
+for_each_client!(offline_supersession_gap_on_a_foreign_bucket:
+    a_nats_py_bucket_rewritten_while_the_node_was_down_is_repaired,
+    a_nats_go_bucket_rewritten_while_the_node_was_down_is_repaired,
+    a_limit_marker_bucket_rewritten_while_the_node_was_down_is_repaired);
+
+/// While a default node is down, `a` is deleted and its marker purged
+/// (`purge_deletes` does this) and the other keys are rewritten: the
+/// relist the gap calls for removes `a` from the fold.
+async fn offline_purged_delete_on_a_foreign_bucket<S: SnapshotStore>(client: Client, label: &str) {
+    let live = Live::start_foreign(label, client).await;
+    for key in ["a", "b", "c"] {
+        live.put(key, "v1").await;
+    }
+    let store = synced_store::<S>(&live, 3).await;
+    live.delete("a").await;
+    live.purge_marker("a").await;
+    live.put("b", "v2").await;
+    let last = live.put("c", "v2").await;
+    assert_eq!(live.wait_first_sequence_above(4).await, last - 1);
+    let app = App::resuming(&store);
+    let mut node = start_node(&live, store, &app, plain);
+    wait_applied(&mut node, last).await;
+    let store = stop(node).await;
+    assert!(
+        !fold_of(&store).contains_key("a"),
+        "the purged delete is applied"
+    );
+    assert!(app.parsed().contains(&repair_delete("a")));
+    assert_converged(&live, &store, &app).await;
+}
+
+for_each_client!(offline_purged_delete_on_a_foreign_bucket:
+    a_purged_delete_on_a_nats_py_bucket_leaves_the_fold,
+    a_purged_delete_on_a_nats_go_bucket_leaves_the_fold,
+    a_purged_delete_on_a_limit_marker_bucket_leaves_the_fold);
+
+/// Write `t` with a one-second TTL on a limit-marker bucket; its revision.
+async fn put_expiring(live: &Live) -> u64 {
+    use slipstream_kv::KvTtl;
+
+    live.bucket
+        .put_with_ttl("t", Bytes::from_static(b"short"), Duration::from_secs(1))
+        .await
+        .unwrap()
+}
+
+/// Wait until the server has replaced `t` by its delete marker (placed
+/// after `above`); the marker's revision.
+async fn wait_for_the_marker(live: &Live, above: u64) -> u64 {
+    assert!(
+        slipstream_it::wait_until(harness::BOUND, || async {
+            live.stream_last().await > above
+        })
+        .await,
+        "the server placed no delete marker for the expired `t`"
+    );
+    assert!(!live.listing().await.contains_key("t"), "`t` expired");
+    live.stream_last().await
+}
+
+/// On a limit-marker bucket `t` expires while the node is down: the
+/// server's marker (`Nats-Marker-Reason: MaxAge`) reaches the node as a
+/// delete when it resumes.
+async fn ttl_expiry_while_down<S: SnapshotStore>(label: &str) {
+    let live = Live::start_foreign(label, Client::NatsCliLimitMarkers).await;
+    live.put("a", "v1").await;
+    let t = put_expiring(&live).await;
+    let store = synced_store::<S>(&live, t).await;
+    assert!(fold_of(&store).contains_key("t"));
+    let marker = wait_for_the_marker(&live, t).await;
+    let app = App::resuming(&store);
+    let mut node = start_node(&live, store, &app, plain);
+    wait_applied(&mut node, marker).await;
+    let store = stop(node).await;
+    assert!(!fold_of(&store).contains_key("t"), "the expired entry left");
+    assert_converged(&live, &store, &app).await;
+}
+
+for_each_store!(ttl_expiry_while_down:
+    append_log_a_ttl_that_expires_while_the_node_is_down_leaves_the_fold,
+    fjall_a_ttl_that_expires_while_the_node_is_down_leaves_the_fold,
+    rocksdb_a_ttl_that_expires_while_the_node_is_down_leaves_the_fold);
+
+/// The same while the node runs: the marker is applied live.
+async fn ttl_expiry_while_running<S: SnapshotStore>(label: &str) {
+    let live = Live::start_foreign(label, Client::NatsCliLimitMarkers).await;
+    let a = live.put("a", "v1").await;
+    let (_, store) = open_store::<S>(&live.fold_dir()).await;
+    let app = App::resuming(&store);
+    let mut node = start_node(&live, store, &app, plain);
+    wait_applied(&mut node, a).await;
+    let t = put_expiring(&live).await;
+    wait_applied(&mut node, t).await;
+    assert!(app.fold().contains_key("t"));
+    let marker = wait_for_the_marker(&live, t).await;
+    wait_applied(&mut node, marker).await;
+    assert!(!app.fold().contains_key("t"), "the application saw it go");
+    let store = stop(node).await;
+    assert_converged(&live, &store, &app).await;
+}
+
+for_each_store!(ttl_expiry_while_running:
+    append_log_a_ttl_that_expires_while_the_node_runs_leaves_the_fold,
+    fjall_a_ttl_that_expires_while_the_node_runs_leaves_the_fold,
+    rocksdb_a_ttl_that_expires_while_the_node_runs_leaves_the_fold);

@@ -52,11 +52,92 @@ pub(crate) struct Live {
     _server: NatsServer,
 }
 
+/// A client whose KV bucket creation the live suite reproduces, stream
+/// config for stream config (measured-facts.md, "Buckets made by other
+/// clients"), so the engine meets buckets as users have them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Client {
+    /// nats-py 2.16 `create_key_value(bucket=..., history=1)`: per-message
+    /// TTL allowed on every bucket, discard new, no `max_age`.
+    NatsPy,
+    /// nats.go `CreateKeyValue` with history 1 and no limit markers.
+    NatsGo,
+    /// `nats kv add --history 1 --marker-ttl 60s` (nats.go underneath):
+    /// TTL allowed and the server places delete markers that live 60 s.
+    NatsCliLimitMarkers,
+}
+
+impl Client {
+    /// The `STREAM.CREATE` body this client sends for bucket `name`.
+    pub(crate) fn stream_config(self, name: &str) -> Value {
+        let mut config = serde_json::json!({
+            "name": format!("KV_{name}"),
+            "subjects": [format!("$KV.{name}.>")],
+            "retention": "limits",
+            "max_consumers": -1,
+            "max_msgs": -1,
+            "max_bytes": -1,
+            "max_age": 0,
+            "max_msgs_per_subject": 1,
+            "max_msg_size": -1,
+            "discard": "new",
+            "storage": "file",
+            "num_replicas": 1,
+            "duplicate_window": 120_000_000_000_u64,
+            "allow_rollup_hdrs": true,
+            "deny_delete": true,
+            "deny_purge": false,
+            "allow_direct": true,
+        });
+        match self {
+            Self::NatsPy => config["allow_msg_ttl"] = true.into(),
+            Self::NatsGo => {}
+            Self::NatsCliLimitMarkers => {
+                config["allow_msg_ttl"] = true.into();
+                config["subject_delete_marker_ttl"] = 60_000_000_000_u64.into();
+            }
+        }
+        config
+    }
+}
+
 impl Live {
     pub(crate) async fn start(label: &str, config: StoreConfig) -> Self {
         let server = NatsServer::start().await;
         let conn = connect(&server.url()).await;
         let bucket = open(&conn, config).await;
+        Self::around(label, server, conn, bucket).await
+    }
+
+    /// A bucket `client` created: its stream made with exactly that
+    /// client's config, then opened (not created) by the node's backend.
+    pub(crate) async fn start_foreign(label: &str, client: Client) -> Self {
+        let server = NatsServer::start().await;
+        let admin = Admin::connect(&server.url()).await;
+        let name = "foreign";
+        let config = client.stream_config(name);
+        let created = admin
+            .api(&format!("STREAM.CREATE.KV_{name}"), config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("create the {client:?} bucket: {e}"));
+        let asked = config.as_object().into_iter().flatten();
+        for (field, _) in asked.filter(|(f, _)| f.contains("ttl") || *f == "discard") {
+            assert_eq!(
+                created["config"][field], config[field],
+                "{client:?}: the server kept {field}"
+            );
+        }
+        let conn = connect(&server.url()).await;
+        let bucket = open(&conn, StoreConfig::new(name)).await;
+        Self::around(label, server, conn, bucket).await
+    }
+
+    async fn around(
+        label: &str,
+        server: NatsServer,
+        conn: NatsConnection,
+        bucket: NatsBucket,
+    ) -> Self {
         let admin = Admin::connect(&server.url()).await;
         let dir = TempDir::new(label);
         // Repairs make their own directory under the scratch directory.
