@@ -921,3 +921,42 @@ for_each_store!(ttl_expiry_while_running:
     append_log_a_ttl_that_expires_while_the_node_runs_leaves_the_fold,
     fjall_a_ttl_that_expires_while_the_node_runs_leaves_the_fold,
     rocksdb_a_ttl_that_expires_while_the_node_runs_leaves_the_fold);
+
+/// A default node on a nats-py bucket (per-message TTL allowed) while
+/// four writers rewrite its seven keys: supersession moves the first
+/// sequence past the node's frontier again and again. It never stops
+/// (under the old N11 it exited with "no restore source" within seconds),
+/// never deletes a key, and ends equal to the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_node_on_a_hot_nats_py_bucket_goes_on() {
+    let live = Arc::new(Live::start_foreign("hot-py", Client::NatsPy).await);
+    for k in 0..HOT_KEYS {
+        live.put(&format!("k{k}"), "v").await;
+    }
+    let (_, store) = open_store::<AppendLogStore>(&live.fold_dir()).await;
+    let app = App::resuming(&store);
+    let mut node = start_node(&live, store, &app, plain);
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let live = Arc::clone(&live);
+            tokio::spawn(async move {
+                for n in 0..HOT_WRITES {
+                    live.put(&format!("k{}", (n * 3 + writer) % HOT_KEYS), "v")
+                        .await;
+                }
+            })
+        })
+        .collect();
+    join(writers).await;
+    let last = live.stream_last().await;
+    wait_applied(&mut node, last).await;
+    let deletes: Vec<Op> = app
+        .parsed()
+        .into_iter()
+        .filter(|op| matches!(op, Op::Delete(..)))
+        .collect();
+    assert_eq!(deletes, [], "watched {:?}", node.watched());
+    let store = stop(node).await;
+    assert!(!store.cursor().seen_evicting());
+    assert_converged(&live, &store, &app).await;
+}
