@@ -6,6 +6,8 @@
 //! models can compute the bucket's truth (every write minus every real
 //! delete) from the full history, exactly as the oracle O1 describes.
 
+use slipstream_protocol::Eviction;
+
 /// Number of keys every model uses: two are enough for a lost delete on one
 /// key to hide behind traffic on the other.
 pub(crate) const KEYS: usize = 2;
@@ -54,21 +56,64 @@ pub(crate) struct Msg {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Bucket {
     pub(crate) log: Vec<Msg>,
-    pub(crate) evicting: bool,
+    pub(crate) eviction: Eviction,
     pub(crate) epoch: u8,
 }
+
+/// A bucket only supersession, deletes and marker compaction shrink.
+pub(crate) const RETAINING: Eviction = Eviction {
+    max_age: false,
+    discard_old_limit: false,
+    per_message_ttl: false,
+};
+
+/// A bucket whose values age out (`max_age`).
+pub(crate) const AGEING: Eviction = Eviction {
+    max_age: true,
+    ..RETAINING
+};
+
+/// A bucket that allows per-message TTL and has limit markers, nothing
+/// else: an expired put leaves a server delete marker.
+pub(crate) const TTL_MARKERS: Eviction = Eviction {
+    per_message_ttl: true,
+    ..RETAINING
+};
 
 /// A key's value as the truth or a fold sees it: the sequence of the put
 /// and the bucket epoch it was written in.
 pub(crate) type Version = (u64, u8);
 
 impl Bucket {
-    pub(crate) const fn new(evicting: bool) -> Self {
+    pub(crate) const fn new(eviction: Eviction) -> Self {
         Self {
             log: Vec::new(),
-            evicting,
+            eviction,
             epoch: 0,
         }
+    }
+
+    /// K7's input, from the same kernel rule the backends report with.
+    pub(crate) const fn evicting(&self) -> bool {
+        self.eviction.evicts_current_values()
+    }
+
+    /// A put with a TTL runs out: the server replaces the key's current
+    /// value by a delete marker (limit markers), which marker compaction
+    /// later removes as the marker's own TTL would. False unless the
+    /// bucket allows TTL and the key's latest message is a retained put.
+    pub(crate) fn expire(&mut self, key: u8) -> bool {
+        let current_put = self
+            .log
+            .iter()
+            .rev()
+            .find(|m| m.key == key)
+            .is_some_and(|m| m.kept == Kept::Retained && m.op.is_put());
+        if !self.eviction.per_message_ttl || !current_put {
+            return false;
+        }
+        self.write(key, WriteOp::Delete);
+        true
     }
 
     /// The last sequence ever assigned (0 for an empty stream).
@@ -225,7 +270,7 @@ mod tests {
 
     #[test]
     fn history_of_one_supersedes_and_advances_first() {
-        let mut b = Bucket::new(false);
+        let mut b = Bucket::new(RETAINING);
         b.write(0, WriteOp::Put);
         b.write(1, WriteOp::Put);
         assert_eq!(b.first(), 1);
@@ -239,7 +284,7 @@ mod tests {
 
     #[test]
     fn ageing_out_keeps_the_truth_but_not_the_listing() {
-        let mut b = Bucket::new(true);
+        let mut b = Bucket::new(AGEING);
         b.write(0, WriteOp::Put);
         assert!(b.age_out());
         assert_eq!(b.first(), 2);
@@ -248,8 +293,20 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_ttl_put_leaves_a_marker_and_the_listing_the_truth() {
+        let mut b = Bucket::new(TTL_MARKERS);
+        assert!(!b.evicting(), "per-message TTL is not eviction (K7)");
+        b.write(0, WriteOp::Put);
+        assert!(b.expire(0));
+        assert!(!b.expire(0), "a marker does not expire as a value");
+        assert_eq!(b.truth(0), None, "the writer asked for the expiry");
+        assert!(!b.listed_live(0));
+        assert!(!Bucket::new(RETAINING).expire(0));
+    }
+
+    #[test]
     fn compacted_markers_leave_an_empty_stream_reporting_last_plus_one() {
-        let mut b = Bucket::new(false);
+        let mut b = Bucket::new(RETAINING);
         b.write(0, WriteOp::Put);
         b.write(0, WriteOp::Purge);
         assert!(b.compact_markers());

@@ -9,7 +9,7 @@
 use slipstream_protocol::{FloorVerdict, floor_verdict, gap_needs_floor_check, next_high_water};
 use stateright::{Model, Property};
 
-use crate::bucket::{Bucket, KEYS, Kept, WriteOp};
+use crate::bucket::{AGEING, Bucket, KEYS, Kept, WriteOp};
 
 /// A removed step in the floor-guard model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -126,7 +126,7 @@ impl Model for FloorGuardModel {
 
     fn init_states(&self) -> Vec<FloorState> {
         vec![FloorState {
-            bucket: Bucket::new(true),
+            bucket: Bucket::new(AGEING),
             writes: 0,
             fold: [None; KEYS],
             frontier: 0,

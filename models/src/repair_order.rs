@@ -13,7 +13,7 @@ use slipstream_protocol::{
 };
 use stateright::{Model, Property};
 
-use crate::bucket::{Bucket, KEYS, WriteOp};
+use crate::bucket::{Bucket, KEYS, RETAINING, WriteOp};
 
 /// A removed step in the repair-order model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,7 +100,7 @@ impl RepairOrderModel {
             s.stage = RepairStage::Watching { next: s.cursor + 1 };
             return true;
         }
-        let truth = listing_is_truth(s.bucket.evicting, first, false);
+        let truth = listing_is_truth(s.bucket.evicting(), first, false);
         if plan_repair(RepairMode::Auto, Some(truth)) != RepairPlan::Relist {
             s.stage = RepairStage::Failed;
             return true;
@@ -167,7 +167,7 @@ impl Model for RepairOrderModel {
     /// and `put b` (4) superseded them and the operator compacted the delete
     /// marker, so the stream retains only 4 and the cursor at 2 has expired.
     fn init_states(&self) -> Vec<RepairOrderState> {
-        let mut bucket = Bucket::new(false);
+        let mut bucket = Bucket::new(RETAINING);
         bucket.write(0, WriteOp::Put);
         bucket.write(1, WriteOp::Put);
         bucket.write(0, WriteOp::Delete);

@@ -9,13 +9,13 @@
 //! artifact (K6, K10). Every decision is a call into `slipstream_protocol`.
 
 use slipstream_protocol::{
-    FloorVerdict, RepairMode, RepairPlan, RestoreAction, cursor_beyond_log, floor_verdict,
-    gap_needs_floor_check, listing_is_truth, next_high_water, plan_repair, restore_allowed,
-    restore_key, resume_start_sequence, resume_window_ok,
+    Eviction, FloorVerdict, RepairMode, RepairPlan, RestoreAction, cursor_beyond_log,
+    floor_verdict, gap_needs_floor_check, listing_is_truth, next_high_water, plan_repair,
+    restore_allowed, restore_key, resume_start_sequence, resume_window_ok,
 };
 use stateright::{Model, Property};
 
-use crate::bucket::{Bucket, KEYS, Version, WriteOp};
+use crate::bucket::{AGEING, Bucket, KEYS, RETAINING, TTL_MARKERS, Version, WriteOp};
 
 /// How the modelled bucket retains current values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +25,21 @@ pub enum Retention {
     Retaining,
     /// Age or limits also remove current values from the head.
     Evicting,
+    /// Per-message TTL with limit markers and nothing else (a nats.go or
+    /// `nats` CLI bucket with `--marker-ttl`): puts expire into server
+    /// delete markers; the listing stays the truth (K7).
+    MessageTtl,
+}
+
+impl Retention {
+    /// The bucket's configuration as the kernel sees it.
+    const fn eviction(self) -> Eviction {
+        match self {
+            Self::Retaining => RETAINING,
+            Self::Evicting => AGEING,
+            Self::MessageTtl => TTL_MARKERS,
+        }
+    }
 }
 
 /// Whether the operator may switch eviction off while the model runs.
@@ -140,6 +155,9 @@ pub enum ResumeMutation {
     IgnoreCursorBeyondLog,
     /// K7 is fed `seen_evicting = false`: the memo is ignored.
     ForgetEvictionMemo,
+    /// K7 is fed the old N11: allowing per-message TTL counts as evicting
+    /// current values.
+    TtlCountsAsEviction,
     /// K6 is fed a first sequence inside the artifact's window.
     RestoreOutsideWindow,
     /// K10 is fed `listed_live = false`: keys the artifact lacks are deleted
@@ -229,6 +247,9 @@ pub enum ResumeAction {
     Write(u8, WriteOp),
     /// The head message ages out.
     AgeOut,
+    /// A put's TTL runs out (counted as a write: the server writes its
+    /// marker).
+    Expire(u8),
     /// The operator purges delete markers.
     CompactMarkers,
     /// The operator switches eviction off.
@@ -258,10 +279,20 @@ enum Expiry {
 }
 
 impl ResumeRepairModel {
+    /// K7's first input as the backends report it, or forged.
+    fn evicting(&self, s: &ResumeState) -> bool {
+        match self.mutation {
+            Some(ResumeMutation::TtlCountsAsEviction) => {
+                s.bucket.evicting() || s.bucket.eviction.per_message_ttl
+            }
+            _ => s.bucket.evicting(),
+        }
+    }
+
     fn observe_retention(&self, s: &mut ResumeState) {
         // Evidence of eviction: the listing would not be the truth even
         // without the memo.
-        if !listing_is_truth(s.bucket.evicting, s.bucket.first(), false) {
+        if !listing_is_truth(self.evicting(s), s.bucket.first(), false) {
             s.ghost.observed_eviction = true;
             s.store.seen_evicting = true;
         }
@@ -317,7 +348,7 @@ impl ResumeRepairModel {
             Some(ResumeMutation::ForgetEvictionMemo) => false,
             _ => s.store.seen_evicting,
         };
-        let truth = listing_is_truth(s.bucket.evicting, s.bucket.first(), memo);
+        let truth = listing_is_truth(self.evicting(s), s.bucket.first(), memo);
         match plan_repair(self.config.mode, Some(truth)) {
             RepairPlan::Relist | RepairPlan::RelistOnly => self.relist(s),
             RepairPlan::RefuseRelist => s.phase = Phase::Failed,
@@ -515,7 +546,7 @@ impl Model for ResumeRepairModel {
 
     fn init_states(&self) -> Vec<ResumeState> {
         vec![ResumeState {
-            bucket: Bucket::new(self.config.retention == Retention::Evicting),
+            bucket: Bucket::new(self.config.retention.eviction()),
             writes: 0,
             compactions: 0,
             exports: 0,
@@ -544,8 +575,13 @@ impl Model for ResumeRepairModel {
                 }
             }
         }
-        if s.bucket.evicting {
+        if s.bucket.evicting() {
             actions.push(ResumeAction::AgeOut);
+        }
+        if s.bucket.eviction.per_message_ttl && s.writes < c.writes {
+            for key in 0..KEYS as u8 {
+                actions.push(ResumeAction::Expire(key));
+            }
         }
         if s.compactions < c.compactions {
             actions.push(ResumeAction::CompactMarkers);
@@ -581,6 +617,12 @@ impl Model for ResumeRepairModel {
                     return None;
                 }
             }
+            ResumeAction::Expire(key) => {
+                if !n.bucket.expire(key) {
+                    return None;
+                }
+                n.writes += 1;
+            }
             ResumeAction::CompactMarkers => {
                 let changed = match self.config.marker_purge {
                     MarkerPurge::AtHead => n.bucket.compact_head_markers(),
@@ -592,7 +634,8 @@ impl Model for ResumeRepairModel {
                 n.compactions += 1;
             }
             ResumeAction::SwitchOffEviction => {
-                n.bucket.evicting = false;
+                n.bucket.eviction.max_age = false;
+                n.bucket.eviction.discard_old_limit = false;
                 n.switched_off = true;
             }
             ResumeAction::Recreate => {
@@ -645,7 +688,13 @@ impl Model for ResumeRepairModel {
             ),
         ];
         let c = &self.config;
-        if c.mode != RepairMode::Restore && c.retention == Retention::Retaining {
+        if c.retention == Retention::MessageTtl && c.mode != RepairMode::Restore {
+            props.push(Property::always(
+                "a bucket that only allows TTL never refuses a repair",
+                |_, s: &ResumeState| s.phase != Phase::Failed,
+            ));
+        }
+        if c.mode != RepairMode::Restore && c.retention != Retention::Evicting {
             props.push(Property::sometimes(
                 "relist repair converges",
                 |m: &Self, s: &ResumeState| {
@@ -659,7 +708,7 @@ impl Model for ResumeRepairModel {
                 },
             ));
         }
-        if c.retention == Retention::Retaining && c.scope == Scope::All {
+        if c.retention != Retention::Evicting && c.scope == Scope::All {
             props.push(Property::sometimes(
                 "live floor guard (K4) repaired",
                 |m: &Self, s: &ResumeState| s.ghost.events & EXPIRED_LIVE != 0 && m.quiescent(s),

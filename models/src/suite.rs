@@ -118,6 +118,14 @@ pub fn resume_repair_configs(depth: Depth) -> Vec<(ResumeRepairConfig, Vec<Resum
         ),
         (
             ResumeRepairConfig {
+                name: "per-message-ttl",
+                retention: Retention::MessageTtl,
+                ..base
+            },
+            vec![ResumeMutation::TtlCountsAsEviction],
+        ),
+        (
+            ResumeRepairConfig {
                 name: "recreated",
                 compactions: 0,
                 recreation: Recreation::Once,
@@ -291,5 +299,6 @@ const fn resume_name(m: ResumeMutation) -> &'static str {
         ResumeMutation::ForgetEvictionMemo => "ForgetEvictionMemo",
         ResumeMutation::RestoreOutsideWindow => "RestoreOutsideWindow",
         ResumeMutation::PhantomDelete => "PhantomDelete",
+        ResumeMutation::TtlCountsAsEviction => "TtlCountsAsEviction",
     }
 }

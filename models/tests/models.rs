@@ -110,6 +110,20 @@ fn forgotten_eviction_memo_relists_away_aged_out_values() {
 }
 
 #[test]
+fn a_bucket_that_only_allows_ttl_relists_through_expiries() {
+    assert_baseline(&resume("per-message-ttl", None));
+}
+
+#[test]
+fn ttl_counted_as_eviction_refuses_repairs_the_listing_could_do() {
+    let outcome = resume("per-message-ttl", Some(ResumeMutation::TtlCountsAsEviction));
+    assert_caught_by(
+        &outcome,
+        "a bucket that only allows TTL never refuses a repair",
+    );
+}
+
+#[test]
 fn recreated_bucket_behind_the_cursor_is_repaired() {
     assert_baseline(&resume("recreated", None));
 }
@@ -246,5 +260,5 @@ fn every_tiny_row_passes_and_every_mutation_is_listed() {
         .iter()
         .filter(|r| matches!(r.kind, RunKind::Mutation(_)))
         .count();
-    assert_eq!(mutations, 11, "every mutation runs once");
+    assert_eq!(mutations, 12, "every mutation runs once");
 }
