@@ -17,6 +17,15 @@ pub(crate) enum CliError {
     /// The mirror's engine stopped with an error.
     #[error("{0}")]
     Applied(AppliedError),
+    /// The fold needs a repair the mirror could not do with its flags; `fix`
+    /// names the flag that would let it go on.
+    #[error("{source}; {fix} (the fold is left as committed)")]
+    RepairBlocked {
+        /// The engine's refusal.
+        source: AppliedError,
+        /// What the operator can pass to let the repair go on.
+        fix: String,
+    },
     /// The mirror's cursor is outside the bucket's retained history and the
     /// chosen repair mode cannot repair it in this build.
     #[error(
@@ -45,6 +54,14 @@ pub(crate) enum CliError {
     #[error("store {path:?}: {detail}")]
     Store {
         /// The store directory.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The path given as an artifact is not a usable one.
+    #[error("artifact {path:?}: {detail}")]
+    Artifact {
+        /// The artifact directory.
         path: PathBuf,
         /// What is wrong.
         detail: String,
@@ -102,6 +119,7 @@ impl CliError {
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Self::CursorExpired { .. }
+            | Self::RepairBlocked { .. }
             | Self::Applied(
                 AppliedError::RelistRefused { .. }
                 | AppliedError::RestoreUnavailable { .. }

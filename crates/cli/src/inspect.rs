@@ -109,12 +109,27 @@ pub(crate) fn render(
             ("stream last", r.last_revision.to_string()),
             ("lag", lag.to_string()),
             ("resumable", resumable(&info.cursor, r).to_owned()),
+            ("listing is truth", listing_truth(&info.cursor, r)),
         ];
         for (name, value) in live_lines {
             let _ = writeln!(out, "{name:<24}{value}");
         }
     }
     out
+}
+
+/// Whether a relist could repair this fold (K7), with why, and what a repair
+/// needs otherwise.
+fn listing_truth(cursor: &WatchCursor, r: &Retention) -> String {
+    let truth = r.listing_truth(cursor.seen_evicting());
+    if truth.is_truth() {
+        format!("yes: {}", truth.reason())
+    } else {
+        format!(
+            "no: {} (a repair restores from an artifact: mirror with --artifacts DIR)",
+            truth.reason()
+        )
+    }
 }
 
 /// Whether a mirror restarted now would get a delta, in words.
@@ -156,6 +171,41 @@ mod tests {
             max_age: None,
             observed_at: Timestamp::from_unix_nanos(2),
         }
+    }
+
+    #[test]
+    fn status_says_whether_the_listing_is_the_truth_and_why() {
+        let fresh = WatchCursor::at(20);
+        let ttl_only = Retention {
+            eviction: Eviction {
+                per_message_ttl: true,
+                ..Eviction::default()
+            },
+            ..retention(12, 30)
+        };
+        let line = listing_truth(&fresh, &ttl_only);
+        assert!(line.starts_with("yes: no max_age"), "{line}");
+        let ageing = Retention {
+            eviction: Eviction {
+                max_age: true,
+                ..Eviction::default()
+            },
+            ..retention(12, 30)
+        };
+        let line = listing_truth(&fresh, &ageing);
+        assert!(line.starts_with("no: max_age has evicted"), "{line}");
+        assert!(line.contains("--artifacts DIR"), "{line}");
+        let line = listing_truth(
+            &fresh,
+            &Retention {
+                first_revision: 1,
+                ..ageing
+            },
+        );
+        assert!(line.starts_with("yes:"), "{line}");
+        let seen = fresh.with_seen_evicting();
+        let line = listing_truth(&seen, &ttl_only);
+        assert!(line.starts_with("no: this fold's memo saw"), "{line}");
     }
 
     #[test]

@@ -131,7 +131,7 @@ impl StoreDir {
     /// # Errors
     /// [`CliError::Store`] when `root` is missing or holds no store.
     pub(crate) fn open(root: &Path) -> Result<Self, CliError> {
-        match Self::find(root)? {
+        match Self::detect(root)? {
             Some(dir) => Ok(dir),
             None if root.exists() => Err(store_error(
                 root,
@@ -146,6 +146,19 @@ impl StoreDir {
     /// # Errors
     /// [`CliError::Store`] for a directory holding something else.
     pub(crate) fn find(root: &Path) -> Result<Option<Self>, CliError> {
+        match Self::detect(root)? {
+            Some(dir) => Ok(Some(dir)),
+            None if is_absent_or_empty(root)? => Ok(None),
+            None => Err(store_error(
+                root,
+                "is not empty and holds no slipstream store; refusing to write into it (use a new --store)",
+            )),
+        }
+    }
+
+    /// The store at `root` by its marker or its backend's files; `None` when
+    /// neither is there.
+    fn detect(root: &Path) -> Result<Option<Self>, CliError> {
         let marker_path = root.join(MARKER_FILE);
         if marker_path.exists() {
             let marker = read_marker(&marker_path)?;
@@ -174,14 +187,7 @@ impl StoreDir {
                 }));
             }
         }
-        if is_absent_or_empty(root)? {
-            Ok(None)
-        } else {
-            Err(store_error(
-                root,
-                "is not empty and holds no slipstream store; refusing to write into it",
-            ))
-        }
+        Ok(None)
     }
 
     /// Create the layout of a new store: the directory and its marker. The

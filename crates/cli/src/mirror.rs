@@ -8,8 +8,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use slipstream::kv::{Connection, KvStore};
 use slipstream::{
-    AppliedConfig, AppliedError, AppliedWatch, LocalArtifacts, OnExpiry, Phase, RepairMode,
-    SnapshotStore, StatusReceiver, StopReason, WatchScope, handlers,
+    AppliedConfig, AppliedError, AppliedWatch, LocalArtifacts, MassDeletePolicy, NatsBucket,
+    OnExpiry, Phase, RepairMode, SnapshotStore, StatusReceiver, StopReason, WatchScope, handlers,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +44,25 @@ impl RepairArg {
     }
 }
 
+/// Whether a repair may delete most of the fold (K14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum MassDeleteArg {
+    /// Stop (exit 3) before a repair that deletes more than half the fold.
+    Hold,
+    /// Let the repair delete whatever the bucket no longer holds.
+    Allow,
+}
+
+impl MassDeleteArg {
+    /// The engine's policy.
+    fn policy(self) -> MassDeletePolicy {
+        match self {
+            Self::Hold => MassDeletePolicy::default(),
+            Self::Allow => MassDeletePolicy::Allow,
+        }
+    }
+}
+
 /// `mirror`'s arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct MirrorArgs {
@@ -68,6 +87,9 @@ pub(crate) struct MirrorArgs {
     /// A directory of artifacts to restore from.
     #[arg(long, value_name = "DIR")]
     pub(crate) artifacts: Option<PathBuf>,
+    /// Whether a repair may delete more than half of the fold.
+    #[arg(long, value_enum, default_value_t = MassDeleteArg::Hold)]
+    pub(crate) mass_delete: MassDeleteArg,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<SocketAddr>,
@@ -79,6 +101,8 @@ pub(crate) struct MirrorArgs {
 /// Usage errors, a store of another backend, scope or bucket, connection
 /// failures, and the engine's failures (an expired cursor included).
 pub(crate) fn run(args: MirrorArgs) -> Result<(), CliError> {
+    slipstream::kv::validate_bucket_name(&args.bucket)
+        .map_err(|e| CliError::Usage(format!("--bucket: {e}")))?;
     let scope = scope_of((!args.prefixes.is_empty()).then(|| args.prefixes.clone()));
     scope
         .validate()
@@ -174,29 +198,55 @@ impl WithStore for Mirror {
     type Output = ();
 
     fn run<S: SnapshotStore>(self, fold: &Path) -> Result<(), CliError> {
-        let mut dir = match self.existing {
-            Some(dir) => dir,
-            None => StoreDir::create(
-                &self.args.store,
-                Marker::new(self.backend, Some(self.args.bucket.clone()), &self.scope),
-            )?,
-        };
-        if let Some(marker) = dir.marker.clone()
-            && marker.bucket.is_none()
-        {
-            dir.set_marker(Marker {
-                bucket: Some(self.args.bucket.clone()),
-                ..marker
-            })?;
-        }
-        let store: S = open_store(fold)?;
         let runtime = crate::runtime()?;
-        runtime.block_on(mirror(store, self.args, self.scope))
+        runtime.block_on(async move {
+            // Connect and open the bucket before a new store directory is
+            // made: a mistyped name or an unreachable server must not leave a
+            // marker that binds the directory to a bucket that never worked.
+            let conn = self.args.server.connect().await?;
+            let opened = conn.store(&self.args.bucket).await;
+            let bucket = match opened {
+                Ok(bucket) => bucket,
+                Err(e) => {
+                    let _ = conn.shutdown().await;
+                    return Err(e.into());
+                }
+            };
+            let result = bind_store::<S>(&self, fold);
+            let result = match result {
+                Ok(store) => mirror(store, bucket, self.args, self.scope).await,
+                Err(e) => Err(e),
+            };
+            let _ = conn.shutdown().await;
+            result
+        })
     }
+}
+
+/// Create the store directory (or name the bucket in a bare one's marker),
+/// then open its store.
+fn bind_store<S: SnapshotStore>(m: &Mirror, fold: &Path) -> Result<S, CliError> {
+    let mut dir = match &m.existing {
+        Some(dir) => dir.clone(),
+        None => StoreDir::create(
+            &m.args.store,
+            Marker::new(m.backend, Some(m.args.bucket.clone()), &m.scope),
+        )?,
+    };
+    if let Some(marker) = dir.marker.clone()
+        && marker.bucket.is_none()
+    {
+        dir.set_marker(Marker {
+            bucket: Some(m.args.bucket.clone()),
+            ..marker
+        })?;
+    }
+    open_store(fold)
 }
 
 async fn mirror<S: SnapshotStore>(
     store: S,
+    bucket: NatsBucket,
     args: MirrorArgs,
     scope: WatchScope,
 ) -> Result<(), CliError> {
@@ -213,12 +263,11 @@ async fn mirror<S: SnapshotStore>(
         cursor = ?start,
         "starting mirror"
     );
-    let conn = args.server.connect().await?;
-    let bucket = conn.store(&args.bucket).await?;
     let mut config = AppliedConfig::new(scope)
         .name(args.bucket.clone())
         .store(store)
         .on_expiry(args.repair.on_expiry())
+        .mass_delete(args.mass_delete.policy())
         .shutdown(shutdown.clone());
     if let Some(dir) = &args.artifacts {
         config = config.restore_from(LocalArtifacts::new(dir));
@@ -235,7 +284,6 @@ async fn mirror<S: SnapshotStore>(
     let result = watch.run_and_close(handlers(parse, |_batch| {})).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), progress).await;
-    let _ = conn.shutdown().await;
     match result {
         Ok(stopped) => {
             let how = match stopped.reason {
@@ -255,8 +303,36 @@ async fn mirror<S: SnapshotStore>(
             reason: reason.to_string(),
             advice: EXPIRY_ADVICE.to_owned(),
         }),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(match repair_fix(&e, &args) {
+            Some(fix) => CliError::RepairBlocked { source: e, fix },
+            None => e.into(),
+        }),
     }
+}
+
+/// The flag that would let a refused repair go on, for exit 3's line.
+fn repair_fix(e: &AppliedError, args: &MirrorArgs) -> Option<String> {
+    const EXPORT: &str = "an artifact `slipstream export` wrote on a caught-up node";
+    let artifacts = args.artifacts.as_ref().map(|d| d.display().to_string());
+    Some(match e {
+        AppliedError::RelistRefused { .. } => format!(
+            "only an artifact can repair it: use --repair auto with --artifacts DIR ({EXPORT})"
+        ),
+        AppliedError::RestoreUnavailable { .. } => {
+            format!("pass --artifacts DIR holding {EXPORT}")
+        }
+        AppliedError::RestoreRefused { .. } => match artifacts {
+            Some(dir) => {
+                format!("put into --artifacts {dir} a newer artifact of this bucket ({EXPORT})")
+            }
+            None => format!("pass --artifacts DIR holding {EXPORT}"),
+        },
+        AppliedError::MassDeleteHeld { .. } => {
+            "check the bucket; if the deletions are meant, run once with --mass-delete allow"
+                .to_owned()
+        }
+        _ => return None,
+    })
 }
 
 /// What an operator can do when `--repair none` stopped on an expiry.

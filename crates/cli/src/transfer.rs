@@ -45,13 +45,13 @@ impl WithStore for Import<'_> {
 /// Read an artifact's manifest, to learn its backend before importing.
 fn peek_manifest(artifact: &Path) -> Result<ArtifactManifest, CliError> {
     let path = artifact.join(MANIFEST_FILE);
-    let invalid = |detail: String| CliError::Store {
+    let invalid = |detail: String| CliError::Artifact {
         path: artifact.to_owned(),
         detail,
     };
     let meta = fs::metadata(&path).map_err(|e| {
         invalid(format!(
-            "is not an artifact: cannot read {MANIFEST_FILE}: {e}"
+            "is not a slipstream artifact: cannot read {MANIFEST_FILE}: {e}"
         ))
     })?;
     if meta.len() > MAX_MANIFEST_BYTES {
@@ -85,9 +85,9 @@ pub(crate) fn import_store(
     }
     let manifest = peek_manifest(artifact)?;
     let backend =
-        BackendKind::from_name(&manifest.backend_name).ok_or_else(|| CliError::Store {
+        BackendKind::from_name(&manifest.backend_name).ok_or_else(|| CliError::Artifact {
             path: artifact.to_owned(),
-            detail: format!("artifact of unknown backend {:?}", manifest.backend_name),
+            detail: format!("is of an unknown backend {:?}", manifest.backend_name),
         })?;
     let existed = root.exists();
     let result = fs::create_dir_all(root)

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use serde_json::Value;
-use slipstream::kv::{KvReader, KvStore, KvWriter, StoreConfig};
+use slipstream::kv::{DiscardPolicy, KvReader, KvStore, KvWriter, StoreConfig};
 use slipstream::{NatsBucket, NatsConnection};
 use slipstream_it::{Admin, NatsServer, TempDir, wait_until};
 use support::{run, s, slipstream};
@@ -234,6 +234,105 @@ async fn mirror_past_retention_with_repair_none_exits_3_with_one_line() {
         status.contains("retention has passed the cursor"),
         "{status}"
     );
+    // Nothing but supersession and a purge removed messages: a relist would do.
+    assert!(
+        status.contains("listing is truth        yes: no max_age"),
+        "{status}"
+    );
+}
+
+/// `mirror` run to its exit, with logs off so stderr is the error line.
+fn mirror_once(url: &str, bucket: &str, store: &Path, extra: &[&str]) -> support::Run {
+    slipstream()
+        .env("RUST_LOG", "off")
+        .args([
+            "mirror",
+            "--server",
+            url,
+            "--bucket",
+            bucket,
+            "--store",
+            s(store),
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+        .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live: needs NATS_SERVER_BIN; `cargo xtask it` runs it"]
+async fn a_repair_that_needs_an_artifact_exits_3_naming_the_flag_and_status_says_why() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let conn = slipstream_it::connect(&url).await;
+    // A discard-old byte limit: retention evicts current values.
+    let config = StoreConfig::new("capped")
+        .max_bytes(8 * 1024)
+        .discard(DiscardPolicy::Old);
+    let bucket = slipstream_it::open(&conn, config).await;
+    let dir = TempDir::new("cli-needs-artifact");
+    let store = dir.path().join("store");
+    write(&bucket, 0..10, "a").await;
+    let mut first = Mirror::start(&url, "capped", &store, dir.path().join("1.log"), &[]);
+    first.wait_caught_up().await;
+    assert_eq!(first.terminate().await, Some(0));
+
+    // While the mirror is down the limit evicts everything it saw.
+    for round in 0..20 {
+        write(&bucket, 0..10, &format!("r{round}")).await;
+    }
+    let first_seq = Admin::connect(&url).await.first_sequence("KV_capped").await;
+    assert!(
+        first_seq > 11,
+        "the limit evicted the mirror's cursor: {first_seq}"
+    );
+
+    mirror_once(&url, "capped", &store, &[])
+        .assert_one_line_error(3, "pass --artifacts DIR holding an artifact");
+    mirror_once(&url, "capped", &store, &["--repair", "relist"])
+        .assert_one_line_error(3, "use --repair auto with --artifacts DIR");
+    let empty = dir.path().join("artifacts");
+    std::fs::create_dir(&empty).unwrap();
+    mirror_once(&url, "capped", &store, &["--artifacts", s(&empty)]).assert_one_line_error(
+        3,
+        &format!("put into --artifacts {} a newer artifact", empty.display()),
+    );
+
+    // The refused runs saw the eviction, so the memo now says so too.
+    let status = run(&["status", "--store", s(&store), "--server", &url]).ok();
+    assert!(
+        status.contains("listing is truth        no: this fold's memo saw retention evict"),
+        "{status}"
+    );
+    assert!(status.contains("mirror with --artifacts DIR"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live: needs NATS_SERVER_BIN; `cargo xtask it` runs it"]
+async fn a_failed_first_run_leaves_nothing_that_blocks_the_corrected_command() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let (_conn, bucket) = bucket(&url, "good").await;
+    write(&bucket, 0..5, "a").await;
+    let dir = TempDir::new("cli-first-run");
+    let store = dir.path().join("store");
+
+    mirror_once(&url, "bad name!", &store, &[]).assert_one_line_error(2, "bucket name");
+    assert!(!store.exists());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = format!("nats://127.0.0.1:{port}");
+    mirror_once(&nowhere, "good", &store, &["--timeout", "2"]).assert_one_line_error(1, "connect");
+    assert!(!store.exists());
+
+    let mut mirror = Mirror::start(&url, "good", &store, dir.path().join("ok.log"), &[]);
+    mirror.wait_caught_up().await;
+    assert_eq!(mirror.terminate().await, Some(0), "{}", mirror.log());
+    assert_eq!(dumped(&store).1, truth(&bucket).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

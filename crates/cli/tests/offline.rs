@@ -109,6 +109,11 @@ fn dump_of_foreign_directory_is_one_line_error() {
     std::fs::write(tmp.path().join("notes.txt"), "hello\nworld\n").unwrap();
     let r = run(&["dump", "--store", s(tmp.path())]);
     r.assert_one_line_error(1, "holds no slipstream store");
+    // Reading commands write nothing, so they do not talk of writing.
+    assert!(!r.stderr.contains("writ"), "{}", r.stderr);
+    let r = run(&["status", "--store", s(tmp.path())]);
+    r.assert_one_line_error(1, "holds no slipstream store");
+    assert!(!r.stderr.contains("writ"), "{}", r.stderr);
 }
 
 #[test]
@@ -284,7 +289,17 @@ fn import_of_a_non_artifact_is_one_line_error() {
         "--store",
         s(&tmp.path().join("d")),
     ])
-    .assert_one_line_error(1, "is not an artifact");
+    .assert_one_line_error(1, "is not a slipstream artifact");
+}
+
+#[test]
+fn import_of_a_system_directory_names_the_artifact_not_a_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let r = run(&["import", "--artifact", "/etc", "--store", s(&dest)]);
+    r.assert_one_line_error(1, "artifact \"/etc\": is not a slipstream artifact");
+    assert!(!r.stderr.contains("store"), "{}", r.stderr);
+    assert!(!dest.exists(), "a refused import leaves nothing behind");
 }
 
 #[test]
@@ -358,4 +373,61 @@ fn missing_artifacts_directory_is_a_usage_error() {
         s(&tmp.path().join("missing")),
     ]);
     r.assert_one_line_error(2, "--artifacts");
+}
+
+#[test]
+fn a_mirror_that_cannot_reach_its_server_leaves_no_store_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let r = run(&[
+        "mirror",
+        "--server",
+        &url,
+        "--bucket",
+        "good",
+        "--store",
+        s(&store),
+        "--timeout",
+        "2",
+    ]);
+    r.assert_one_line_error(1, "connect");
+    assert!(
+        !store.exists(),
+        "the failed run created {}",
+        store.display()
+    );
+}
+
+#[test]
+fn a_mirror_with_an_invalid_bucket_name_leaves_no_store_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let r = run(&[
+        "mirror",
+        "--server",
+        &url,
+        "--bucket",
+        "bad name!",
+        "--store",
+        s(&store),
+    ]);
+    r.assert_one_line_error(2, "bucket name \"bad name!\"");
+    assert!(
+        !store.exists(),
+        "the refused run created {}",
+        store.display()
+    );
 }

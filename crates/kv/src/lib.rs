@@ -35,7 +35,9 @@ pub use config::{ConnectionCapabilities, DiscardPolicy, MessageTtl, StorageKind,
 pub use cursor::{BucketIdentity, Timestamp, WatchCursor};
 pub use entry::{KvEntry, KvMarker, KvUpdate, WatchEvent};
 pub use error::{CursorDecodeError, ExpiryReason, KvError};
-pub use scope::{Retention, WatchScope, WatchStart, validate_key, validate_prefix};
+pub use scope::{
+    Retention, WatchScope, WatchStart, validate_bucket_name, validate_key, validate_prefix,
+};
 pub use slipstream_protocol::{Eviction, ListingTruth};
 pub use traits::{Connection, KvPurge, KvReader, KvStore, KvTtl, KvWatcher, KvWriter};
 pub use version::{MAX_VERSION_LEN, VersionToken};

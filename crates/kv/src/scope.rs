@@ -135,6 +135,25 @@ impl Retention {
     }
 }
 
+/// Check a bucket name: non-empty, characters `[a-zA-Z0-9_-]` (the server's
+/// rule for KV bucket names).
+///
+/// # Errors
+/// [`KvError::InvalidConfig`] naming the bad name.
+pub fn validate_bucket_name(name: &str) -> Result<(), KvError> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(KvError::InvalidConfig(format!(
+            "bucket name {name:?} must be non-empty and use only [a-zA-Z0-9_-]"
+        )))
+    }
+}
+
 /// Check a key: non-empty, characters `[-/_=.a-zA-Z0-9]`, no leading or
 /// trailing `.`, no empty token.
 ///
@@ -220,6 +239,16 @@ mod tests {
         assert!(a.covers(&ab));
         assert!(!ab.covers(&a));
         assert!(!a.covers(&WatchScope::All));
+    }
+
+    #[test]
+    fn bucket_names_are_validated() {
+        for ok in ["cfg", "a-b_C9"] {
+            assert!(validate_bucket_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "bad name!", "a.b", "a*", "KV/x"] {
+            assert!(validate_bucket_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

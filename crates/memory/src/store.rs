@@ -49,17 +49,7 @@ impl MemoryConnection {
 }
 
 fn validate_bucket_name(config: &StoreConfig) -> Result<(), KvError> {
-    let name_ok = !config.name.is_empty()
-        && config
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !name_ok {
-        return Err(KvError::InvalidConfig(format!(
-            "bucket name {:?} must be non-empty [A-Za-z0-9_-]",
-            config.name
-        )));
-    }
+    slipstream_kv::validate_bucket_name(&config.name)?;
     if !(1..=64).contains(&config.history) {
         return Err(KvError::InvalidConfig("history must be 1-64".into()));
     }

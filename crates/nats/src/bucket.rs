@@ -21,14 +21,12 @@ pub(crate) async fn open_bucket(
     config: &StoreConfig,
 ) -> Result<NatsBucket, NatsError> {
     let name = config.name.as_str();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err(NatsError::InvalidConfig(format!(
-            "bucket name {name:?} must be non-empty and use only [a-zA-Z0-9_-]"
-        )));
+    if let Err(e) = slipstream_kv::validate_bucket_name(name) {
+        let detail = match e {
+            slipstream_kv::KvError::InvalidConfig(detail) => detail,
+            other => other.to_string(),
+        };
+        return Err(NatsError::InvalidConfig(detail));
     }
     let timeout = conn.settings.request_timeout;
     let mut js = jetstream::new(conn.client.clone());
