@@ -30,7 +30,11 @@ pub(crate) struct Workspace {
 impl Workspace {
     /// Asks cargo about the workspace this xtask belongs to.
     pub(crate) fn load() -> Result<Workspace, XtaskError> {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        // Cargo sets the variable when it runs xtask; the compiled-in path
+        // is the checkout a cached binary was built in, which may be gone.
+        let here = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+        let manifest = here
             .parent()
             .unwrap_or_else(|| Path::new("."))
             .join("Cargo.toml");
