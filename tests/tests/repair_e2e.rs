@@ -764,17 +764,17 @@ macro_rules! for_each_client {
     ($scenario:ident: $py:ident, $go:ident, $cli:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $py() {
-            $scenario::<AppendLogStore>(Client::NatsPy, "nats-py").await;
+            $scenario::<AppendLogStore>(Client::Python, "nats-py").await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $go() {
-            $scenario::<AppendLogStore>(Client::NatsGo, "nats-go").await;
+            $scenario::<AppendLogStore>(Client::Go, "nats-go").await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $cli() {
-            $scenario::<AppendLogStore>(Client::NatsCliLimitMarkers, "nats-cli").await;
+            $scenario::<AppendLogStore>(Client::CliLimitMarkers, "nats-cli").await;
         }
     };
 }
@@ -880,7 +880,7 @@ async fn wait_for_the_marker(live: &Live, above: u64) -> u64 {
 /// server's marker (`Nats-Marker-Reason: MaxAge`) reaches the node as a
 /// delete when it resumes.
 async fn ttl_expiry_while_down<S: SnapshotStore>(label: &str) {
-    let live = Live::start_foreign(label, Client::NatsCliLimitMarkers).await;
+    let live = Live::start_foreign(label, Client::CliLimitMarkers).await;
     live.put("a", "v1").await;
     let t = put_expiring(&live).await;
     let store = synced_store::<S>(&live, t).await;
@@ -901,7 +901,7 @@ for_each_store!(ttl_expiry_while_down:
 
 /// The same while the node runs: the marker is applied live.
 async fn ttl_expiry_while_running<S: SnapshotStore>(label: &str) {
-    let live = Live::start_foreign(label, Client::NatsCliLimitMarkers).await;
+    let live = Live::start_foreign(label, Client::CliLimitMarkers).await;
     let a = live.put("a", "v1").await;
     let (_, store) = open_store::<S>(&live.fold_dir()).await;
     let app = App::resuming(&store);
@@ -929,7 +929,7 @@ for_each_store!(ttl_expiry_while_running:
 /// never deletes a key, and ends equal to the bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_node_on_a_hot_nats_py_bucket_goes_on() {
-    let live = Arc::new(Live::start_foreign("hot-py", Client::NatsPy).await);
+    let live = Arc::new(Live::start_foreign("hot-py", Client::Python).await);
     for k in 0..HOT_KEYS {
         live.put(&format!("k{k}"), "v").await;
     }

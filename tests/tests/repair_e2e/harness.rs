@@ -59,12 +59,12 @@ pub(crate) struct Live {
 pub(crate) enum Client {
     /// nats-py 2.16 `create_key_value(bucket=..., history=1)`: per-message
     /// TTL allowed on every bucket, discard new, no `max_age`.
-    NatsPy,
+    Python,
     /// nats.go `CreateKeyValue` with history 1 and no limit markers.
-    NatsGo,
+    Go,
     /// `nats kv add --history 1 --marker-ttl 60s` (nats.go underneath):
     /// TTL allowed and the server places delete markers that live 60 s.
-    NatsCliLimitMarkers,
+    CliLimitMarkers,
 }
 
 impl Client {
@@ -90,9 +90,9 @@ impl Client {
             "allow_direct": true,
         });
         match self {
-            Self::NatsPy => config["allow_msg_ttl"] = true.into(),
-            Self::NatsGo => {}
-            Self::NatsCliLimitMarkers => {
+            Self::Python => config["allow_msg_ttl"] = true.into(),
+            Self::Go => {}
+            Self::CliLimitMarkers => {
                 config["allow_msg_ttl"] = true.into();
                 config["subject_delete_marker_ttl"] = 60_000_000_000_u64.into();
             }
