@@ -134,7 +134,12 @@ async fn floor_guard_trips_in_band_when_a_purge_overruns_a_running_all_scope_wat
         .floor_probe_interval(Duration::from_secs(3600))
         .idle_heartbeat(Duration::from_secs(2));
     let conn = connect_with(NatsConfig::new(server.url()).settings(settings)).await;
-    let b = open(&conn, StoreConfig::new("floor")).await;
+    // Retention that evicts current values: only there is a floor guarded.
+    let b = open(
+        &conn,
+        StoreConfig::new("floor").max_age(Duration::from_secs(3600)),
+    )
+    .await;
     let n = 20_000_u64;
     stream::iter(0..n)
         .map(|i| {
@@ -258,7 +263,11 @@ async fn floor_probe_trips_when_retention_passes_a_watch_that_receives_nothing()
         .idle_heartbeat(Duration::from_secs(30))
         .floor_probe_interval(Duration::from_millis(300));
     let conn = connect_with(NatsConfig::new(server.url()).settings(settings)).await;
-    let b = open(&conn, StoreConfig::new("probe")).await;
+    let b = open(
+        &conn,
+        StoreConfig::new("probe").max_age(Duration::from_secs(3600)),
+    )
+    .await;
     let frontier = b.put("a", Bytes::from("1")).await.unwrap();
     let mut w = b
         .watch(
@@ -279,7 +288,11 @@ async fn floor_probe_trips_when_retention_passes_a_watch_that_receives_nothing()
         .await
         .unwrap();
     let writer = connect_with(NatsConfig::new(server.url()).settings(test_settings())).await;
-    let wb = open(&writer, StoreConfig::new("probe")).await;
+    let wb = open(
+        &writer,
+        StoreConfig::new("probe").max_age(Duration::from_secs(3600)),
+    )
+    .await;
     let mut last = 0;
     for i in 0..5 {
         last = wb.put(&format!("k{i}"), Bytes::from("v")).await.unwrap();

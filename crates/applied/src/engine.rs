@@ -11,8 +11,8 @@ use slipstream_kv::{
     WatchEvent, WatchStart,
 };
 use slipstream_protocol::{
-    cursor_beyond_log, gap_needs_floor_check, is_replay, listing_is_truth, next_high_water,
-    resume_window_ok,
+    Eviction, GapReading, cursor_beyond_log, gap_needs_floor_check, is_replay, listing_is_truth,
+    next_high_water, quiet_for_repair, read_gap, resume_window_ok,
 };
 use slipstream_snapshot::SnapshotError;
 use tokio::sync::watch;
@@ -69,7 +69,32 @@ enum StreamEnd {
     Ended,
     Failed(KvError),
     Expired(slipstream_kv::ExpiryReason),
+    /// The bucket is quiet and messages left it unseen (K11 generalised):
+    /// relist now.
+    RepairDue,
 }
+
+/// What a retention check asks of a running watch.
+pub(crate) enum Check {
+    /// The cursor expired under it.
+    Expired(ExpiryReason),
+    /// A relist is due and the bucket is quiet.
+    RepairDue,
+}
+
+impl From<Check> for StreamEnd {
+    fn from(check: Check) -> Self {
+        match check {
+            Check::Expired(reason) => Self::Expired(reason),
+            Check::RepairDue => Self::RepairDue,
+        }
+    }
+}
+
+/// How soon a watch with a due relist looks again whether the bucket is
+/// quiet: soon after writes stop, without a stream info request per
+/// delivery while they go on.
+const QUIET_LOOK: Duration = Duration::from_millis(100);
 
 /// What woke the loop.
 enum Event<C> {
@@ -108,6 +133,32 @@ pub(crate) struct Engine<W, S, P, A, O, T> {
     /// The next watch resumes after this position instead of the applied
     /// cursor (R8: a gap of supersession only).
     pub(crate) resume_at: Option<WatchCursor>,
+    /// What the last retention read said the bucket can evict.
+    eviction: Option<Eviction>,
+    /// The watch being followed is a delta watch (not a state-sync, whose
+    /// deliveries skip by design).
+    watching_delta: bool,
+    /// `(frontier, last sequence)` at the previous retention look of this
+    /// watch: the bucket is quiet when neither moved.
+    last_look: Option<(u64, u64)>,
+    /// A relist just became due: look for quiet soon.
+    look_soon: bool,
+    /// The last sequence the latest retention read saw.
+    observed_last: Option<u64>,
+    /// A repair armed the next watch (its state-sync or delta resume).
+    pub(crate) rewatch_after_repair: bool,
+    /// The followed watch is a repair's.
+    watch_after_repair: bool,
+    /// The followed watch's `CaughtUp` is being handled.
+    catching_up: bool,
+    /// `observed_last` when the followed watch opened: a delta watch's
+    /// `CaughtUp` has delivered every message in scope that existed then,
+    /// so an All-scope frontier short of it means messages left unseen.
+    last_at_open: Option<u64>,
+    /// The last sequence when the latest relist (or a fresh node's
+    /// state-sync) was planned: its listing stands for everything up to
+    /// there, so a frontier short of it does not mean writers are busy.
+    pub(crate) listed_through: Option<u64>,
     pending: Pending<T>,
     store_failures: u32,
     window: Pin<Box<Sleep>>,
@@ -152,6 +203,16 @@ where
             identity: None,
             relist_next: false,
             resume_at: None,
+            eviction: None,
+            watching_delta: false,
+            last_look: None,
+            look_soon: false,
+            observed_last: None,
+            rewatch_after_repair: false,
+            watch_after_repair: false,
+            catching_up: false,
+            last_at_open: None,
+            listed_through: None,
             pending: Pending::new(capacity),
             store_failures: 0,
             window: Box::pin(sleep(config.batch.window)),
@@ -209,9 +270,14 @@ where
                 _ => WatchStart::Relist,
             };
             let before = self.identity.clone();
+            let delta = matches!(start, WatchStart::After(_));
             let stream = match self.open_watch(&shutdown, start).await? {
                 Opened::Stream(s) => {
                     attempt = 0;
+                    self.watching_delta = delta;
+                    self.last_look = None;
+                    self.last_at_open = self.observed_last;
+                    self.watch_after_repair = mem::take(&mut self.rewatch_after_repair);
                     self.relist_next = false;
                     self.resume_at = None;
                     s
@@ -264,6 +330,12 @@ where
                     // Drain-then-repair: everything delivered is folded first.
                     self.flush().await?;
                     if self.on_expiry(reason).await? == AfterExpiry::Shutdown {
+                        return self.stop(StopReason::Shutdown).await;
+                    }
+                }
+                StreamEnd::RepairDue => {
+                    self.flush().await?;
+                    if self.repair_when_quiet().await? == AfterExpiry::Shutdown {
                         return self.stop(StopReason::Shutdown).await;
                     }
                 }
@@ -389,15 +461,26 @@ where
                 Event::Export(Some(request)) => self.serve_export(request).await?,
                 Event::WindowElapsed | Event::RetryCommit => self.flush().await?,
                 Event::RefreshStatus => {
-                    let overrun = self.refresh_retention(self.reporter.is_ready()).await?;
-                    refresh.as_mut().reset(Instant::now() + every);
-                    if let Some(reason) = overrun {
-                        return Ok(StreamEnd::Expired(reason));
+                    let check = self.refresh_retention(self.reporter.is_ready()).await?;
+                    // While a relist waits for quiet, look again soon.
+                    let next = if self.applied.repair_due() {
+                        every.min(QUIET_LOOK)
+                    } else {
+                        every
+                    };
+                    refresh.as_mut().reset(Instant::now() + next);
+                    if let Some(check) = check {
+                        return Ok(check.into());
                     }
                 }
                 Event::Item(item) => {
                     if let Some(end) = self.on_item(item).await? {
                         return Ok(end);
+                    }
+                    if mem::take(&mut self.look_soon) {
+                        refresh
+                            .as_mut()
+                            .reset(Instant::now() + every.min(QUIET_LOOK));
                     }
                     // Take what the stream already holds, up to the end of
                     // the open batch, before looking at the other arms again:
@@ -430,10 +513,14 @@ where
                 // failed commit is retried here, not after the phase says
                 // the store holds it.
                 self.commit_all().await?;
+                self.note_tail_left_unseen();
                 // A state-sync skips what the head passes mid-listing and
                 // still catches up: check at once, not at the next refresh.
-                if let Some(reason) = self.refresh_retention(true).await? {
-                    return Ok(Some(StreamEnd::Expired(reason)));
+                self.catching_up = true;
+                let check = self.refresh_retention(true).await;
+                self.catching_up = false;
+                if let Some(check) = check? {
+                    return Ok(Some(check.into()));
                 }
                 // A checked floor leaves the cursor's memo: `Ready` comes
                 // with that cursor committed too (nothing to do otherwise).
@@ -450,20 +537,88 @@ where
                 let frontier =
                     next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r))
                         .unwrap_or(0);
+                let delivered = update.revision();
+                // Whether to look at retention once this delivery is in.
+                let mut look = false;
                 if self.config.scope.is_all()
-                    && self.reporter.is_ready()
-                    && self.checks_gaps(self.applied.seen_evicting())
-                    && let Some(delivered) = update.revision()
+                    && let Some(delivered) = delivered
                     && gap_needs_floor_check(frontier, delivered)
-                    && let Some(reason) = self.refresh_retention(true).await?
                 {
-                    return Ok(Some(StreamEnd::Expired(reason)));
+                    match self.gap_reading() {
+                        // K11 generalised: what left unseen is found by a
+                        // repair once the bucket is quiet, so that hot keys
+                        // cannot make it loop. A state-sync skips by design.
+                        Some(GapReading::RepairWhenQuiet) => {
+                            if (self.watching_delta || self.reporter.is_ready())
+                                && !self.applied.repair_due()
+                                && self.repairs_gaps()
+                            {
+                                tracing::debug!(
+                                    watch = %self.config.name,
+                                    frontier,
+                                    delivered,
+                                    "messages left the log unseen; a repair is due once the bucket is quiet",
+                                );
+                                self.applied = self.applied.clone().with_repair_due(true);
+                                self.look_soon = true;
+                                look = true;
+                            }
+                        }
+                        reading => {
+                            let evicting = reading.is_some() || self.applied.seen_evicting();
+                            if self.reporter.is_ready()
+                                && self.checks_gaps(evicting)
+                                && let Some(check) = self.refresh_retention(true).await?
+                            {
+                                return Ok(Some(check.into()));
+                            }
+                        }
+                    }
+                }
+                // With a repair due, reaching the last sequence the previous
+                // look saw may mean the bucket went quiet: look again.
+                if self.applied.repair_due()
+                    && let (Some(delivered), Some((_, last))) = (delivered, self.last_look)
+                    && delivered >= last
+                {
+                    look = true;
                 }
                 if self.receive(update) {
                     self.flush().await?;
                 }
+                if look && let Some(check) = self.refresh_retention(true).await? {
+                    return Ok(Some(check.into()));
+                }
                 Ok(None)
             }
+        }
+    }
+
+    /// At a delta watch's `CaughtUp`: every message in scope that existed
+    /// when it opened was delivered, so on an All-scope watch a frontier
+    /// short of the last sequence seen before the open means the messages
+    /// after it left unseen (a TTL that expired while the node was down, a
+    /// purged delete); on a bucket that evicts nothing current that makes
+    /// a repair due (K11 generalised).
+    fn note_tail_left_unseen(&mut self) {
+        let frontier = next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r))
+            .unwrap_or(0);
+        if self.watching_delta
+            && self.config.scope.is_all()
+            && self.gap_reading() == Some(GapReading::RepairWhenQuiet)
+            && self.repairs_gaps()
+            && !self.applied.repair_due()
+            && let Some(last) = self.last_at_open
+            && frontier < last
+        {
+            tracing::debug!(
+                watch = %self.config.name,
+                frontier,
+                last,
+                "caught up short of the last sequence; a repair is due once the bucket is quiet",
+            );
+            self.applied = self.applied.clone().with_repair_due(true);
+            self.look_soon = true;
         }
     }
 
@@ -682,16 +837,26 @@ where
     }
 
     /// Whether a caught-up All-scope watch takes a first sequence past
-    /// its frontier as an expiry. On a bucket that evicts current values
-    /// it always does. On one that does not, only supersession or an
-    /// operator's purge moves the first sequence there, and supersession
-    /// alone does on a bucket written faster than the node reads: a false
-    /// alarm. Where a repair answers it (a relist, the listing being the
-    /// truth) that costs a relist and catches the purge; where the answer
-    /// is to stop, it would stop a healthy node every few seconds, so
-    /// there the check is left to the backend's guard of delta watches.
+    /// its frontier as an expiry, when the bucket may evict current values
+    /// (or its eviction is not known yet). On an evicting bucket it always
+    /// does. Without knowing, only a repair that answers it (a relist, the
+    /// listing being the truth) is worth a false alarm; where the answer is
+    /// to stop, the check is left to the backend's guard of delta watches.
     fn checks_gaps(&self, evicting: bool) -> bool {
-        evicting || (S::DURABLE && matches!(self.on_expiry_policy(), OnExpiry::Repair(_)))
+        evicting || self.repairs_gaps()
+    }
+
+    /// Whether a gap on a bucket that evicts nothing current makes a
+    /// repair due: only where a repair answers it. A node that stops on
+    /// expiry (or has no store) would otherwise stop on supersession, so it
+    /// goes on there, as K11 generalised expects of a gap.
+    fn repairs_gaps(&self) -> bool {
+        S::DURABLE && matches!(self.on_expiry_policy(), OnExpiry::Repair(_))
+    }
+
+    /// K11 generalised, from the last retention read; `None` before any.
+    pub(crate) fn gap_reading(&self) -> Option<GapReading> {
+        self.eviction.map(read_gap)
     }
 
     /// Re-read the bucket's retention for the status' lag, the cursor's
@@ -701,13 +866,10 @@ where
     /// On a caught-up All-scope watch this is also K1 against the frontier:
     /// the backend's floor guard (K4) only looks when a delivery arrives,
     /// so head eviction that passes an idle or caught-up state-sync watch
-    /// would otherwise go unnoticed. Returns the overrun, if any.
-    /// `caught_up` says whether the watch has caught up (the frontier is
-    /// then where the log must still reach).
-    async fn refresh_retention(
-        &mut self,
-        caught_up: bool,
-    ) -> Result<Option<ExpiryReason>, AppliedError> {
+    /// would otherwise go unnoticed. On a bucket that does not evict
+    /// current values, it is where a due repair waits for quiet. `caught_up` says whether the watch
+    /// has caught up (the frontier is then where the log must still reach).
+    async fn refresh_retention(&mut self, caught_up: bool) -> Result<Option<Check>, AppliedError> {
         match self.retention_now().await {
             Ok(retention) => {
                 self.reporter.stream_last(retention.last_revision);
@@ -718,18 +880,19 @@ where
                     if let Some(expected) = self.applied.identity()
                         && *expected != retention.identity
                     {
-                        return Ok(Some(ExpiryReason::IdentityChanged {
+                        return Ok(Some(Check::Expired(ExpiryReason::IdentityChanged {
                             expected: expected.clone(),
                             found: retention.identity,
-                        }));
+                        })));
                     }
                     if cursor_beyond_log(revision, retention.last_revision) {
-                        return Ok(Some(ExpiryReason::BeyondLastSequence {
+                        return Ok(Some(Check::Expired(ExpiryReason::BeyondLastSequence {
                             revision,
                             last_sequence: retention.last_revision,
-                        }));
+                        })));
                     }
                 }
+                let reading = read_gap(retention.eviction);
                 if caught_up && let Some(floor) = self.applied.unchecked_floor() {
                     // A relist's listing saw entries its state-sync must
                     // deliver again; one the head passed in between (a
@@ -737,10 +900,19 @@ where
                     // the committed cursor, so a restart checks it too; it
                     // stays until checked here or a repair replaces it.
                     if retention.first_revision > floor {
-                        return Ok(Some(ExpiryReason::FloorOverrun {
-                            frontier: floor.saturating_sub(1),
-                            first_sequence: retention.first_revision,
-                        }));
+                        match reading {
+                            // An All-scope watch repairs once quiet; a
+                            // prefix-scoped one cannot tell when that is.
+                            GapReading::RepairWhenQuiet if self.config.scope.is_all() => {
+                                self.applied = self.applied.clone().with_repair_due(true);
+                            }
+                            _ => {
+                                return Ok(Some(Check::Expired(ExpiryReason::FloorOverrun {
+                                    frontier: floor.saturating_sub(1),
+                                    first_sequence: retention.first_revision,
+                                })));
+                            }
+                        }
                     }
                     self.applied = self.applied.clone().with_unchecked_floor(None);
                 }
@@ -749,17 +921,47 @@ where
                 let frontier =
                     next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r))
                         .unwrap_or(0);
-                if self.config.scope.is_all()
-                    && caught_up
-                    && self.checks_gaps(
-                        retention.evicts_current_values() || self.applied.seen_evicting(),
-                    )
-                    && !resume_window_ok(frontier, retention.first_revision)
+                if !self.config.scope.is_all() || !caught_up {
+                    return Ok(None);
+                }
+                if !reading.repairs_now() && !self.repairs_gaps() {
+                    return Ok(None);
+                }
+                if reading.repairs_now() {
+                    // Made due while the bucket evicted nothing; it evicts
+                    // now, so waiting for quiet protects nothing.
+                    if self.applied.repair_due() && self.repairs_gaps() {
+                        return Ok(Some(Check::RepairDue));
+                    }
+                    if self.checks_gaps(true)
+                        && !resume_window_ok(frontier, retention.first_revision)
+                    {
+                        return Ok(Some(Check::Expired(ExpiryReason::FloorOverrun {
+                            frontier,
+                            first_sequence: retention.first_revision,
+                        })));
+                    }
+                    return Ok(None);
+                }
+                // The head passed what the fold holds: on this bucket that
+                // is supersession, or an expiry or purge only a repair
+                // finds (a state-sync that caught up over a purge, say).
+                if !resume_window_ok(frontier, retention.first_revision)
+                    && !self.applied.repair_due()
                 {
-                    return Ok(Some(ExpiryReason::FloorOverrun {
+                    self.applied = self.applied.clone().with_repair_due(true);
+                }
+                let frontier = frontier.max(self.listed_through.unwrap_or(0));
+                let before = self.last_look.replace((frontier, retention.last_revision));
+                if self.applied.repair_due()
+                    && quiet_for_repair(
                         frontier,
-                        first_sequence: retention.first_revision,
-                    }));
+                        retention.last_revision,
+                        before,
+                        self.catching_up && !self.watch_after_repair,
+                    )
+                {
+                    return Ok(Some(Check::RepairDue));
                 }
             }
             Err(error) => {
@@ -801,6 +1003,8 @@ where
     /// identity (a revisionless cursor takes it at the next watch).
     pub(crate) fn observed(&mut self, retention: &Retention) {
         self.identity = Some(retention.identity.clone());
+        self.eviction = Some(retention.eviction);
+        self.observed_last = Some(retention.last_revision);
     }
 
     /// R5: the first time retention is seen to have evicted current values

@@ -180,6 +180,9 @@ pub enum RepairCause {
     /// The watch started without a cursor and K9 asked for a repair before
     /// watching (R6).
     CursorlessStart,
+    /// Messages left a bucket that evicts nothing current before the watch
+    /// saw them (K11 generalised); repaired once the bucket was quiet.
+    LeftUnseen,
 }
 
 impl RepairCause {
@@ -201,6 +204,9 @@ impl fmt::Display for RepairCause {
         match self {
             Self::Expired(reason) => write!(f, "cursor expired: {reason}"),
             Self::CursorlessStart => f.write_str("start without a cursor"),
+            Self::LeftUnseen => f.write_str(
+                "messages left the bucket before the watch saw them (a TTL or a purged delete may have removed a key)",
+            ),
         }
     }
 }

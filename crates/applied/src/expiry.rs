@@ -118,6 +118,36 @@ where
             .await
     }
 
+    /// K11 generalised: messages left a bucket that evicts nothing current
+    /// before the fold saw them, and the bucket is now quiet. K8 plans the
+    /// repair as for an expiry (a relist where the listing is the truth);
+    /// run now, it cannot be overrun by the next hot write. A node
+    /// configured to stop on expiry stops instead.
+    pub(crate) async fn repair_when_quiet(&mut self) -> Result<AfterExpiry, AppliedError> {
+        let OnExpiry::Repair(mode) = self.on_expiry_policy() else {
+            let reason = self.left_unseen().await;
+            return self.on_expiry(reason).await;
+        };
+        self.reporter().phase(Phase::Repairing);
+        let retention = self.read_retention().await?;
+        self.plan_and_repair(mode, RepairCause::LeftUnseen, &retention)
+            .await
+    }
+
+    /// The expiry a node that does not repair reports for messages that
+    /// left unseen: the frontier against the first sequence now.
+    async fn left_unseen(&mut self) -> ExpiryReason {
+        let frontier = self.applied.rank();
+        let first_sequence = match self.retention_now().await {
+            Ok(retention) => retention.first_revision,
+            Err(_) => frontier.saturating_add(1),
+        };
+        ExpiryReason::FloorOverrun {
+            frontier,
+            first_sequence,
+        }
+    }
+
     /// The configured answer to an expiry, or the default for this store.
     pub(crate) fn on_expiry_policy(&self) -> OnExpiry {
         self.config
@@ -148,6 +178,7 @@ where
             // The empty fold's state-sync stands for everything below the
             // head, as a relist's does.
             self.floor_cursor(&retention);
+            self.listed_through = Some(retention.last_revision);
             self.relist_next = true;
             return Ok(AfterExpiry::Rewatch);
         }
@@ -176,6 +207,7 @@ where
         );
         self.note_eviction(retention).await?;
         let plan = plan_repair(mode, Some(truth));
+        self.rewatch_after_repair = true;
         tracing::warn!(
             watch = %self.config.name,
             %cause,
@@ -217,6 +249,7 @@ where
                     } else {
                         self.floor_cursor(retention);
                     }
+                    self.listed_through = Some(retention.last_revision);
                 }
                 Ok(after)
             }
@@ -334,7 +367,12 @@ where
         self.flush().await?;
         self.reporter().repair("relist");
         self.relist_next = true;
-        self.applied = self.applied.clone().with_unchecked_floor(floor);
+        // The listing covers whatever left the log unseen before it.
+        self.applied = self
+            .applied
+            .clone()
+            .with_unchecked_floor(floor)
+            .with_repair_due(false);
         Ok(AfterExpiry::Rewatch)
     }
 

@@ -15,7 +15,7 @@ use slipstream_applied::{
     Timeouts, WatchStatus, export_channel,
 };
 use slipstream_kv::{
-    Connection, ExpiryReason, KvReader, KvStore, KvWriter, WatchCursor, WatchScope,
+    Connection, ExpiryReason, KvReader, KvStore, KvWriter, StoreConfig, WatchCursor, WatchScope,
 };
 use slipstream_memory::{MemoryServer, MemoryStore};
 use slipstream_snapshot::SnapshotStore;
@@ -444,7 +444,13 @@ async fn with_stop_an_expired_cursor_at_resume_ends_the_watch_with_cursor_expire
 
 #[tokio::test(start_paused = true)]
 async fn with_stop_a_running_watch_overrun_by_retention_ends_with_cursor_expired() {
-    let (server, kv) = bucket().await;
+    // A bucket whose retention can evict current values: on one that
+    // evicts nothing a gap is supersession, and such a node goes on.
+    let server = MemoryServer::new();
+    let conn = server.connection();
+    conn.connect().await.unwrap();
+    let config = StoreConfig::new("cfg").max_age(Duration::from_secs(3600));
+    let kv = conn.store_with_config(&config).await.unwrap();
     put_n(&kv, 0, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let (_, store) = open_store(dir.path(), &FaultPlan::new());
@@ -461,7 +467,10 @@ async fn with_stop_a_running_watch_overrun_by_retention_ends_with_cursor_expired
     put_n(&kv, 2, 4).await;
     server.bucket("cfg").purge_below(5).unwrap();
     server.faults().release_watches();
-    let finished = run.task.await.unwrap();
+    let finished = timeout(DEADLINE, run.task)
+        .await
+        .expect("the watch ends")
+        .unwrap();
     assert!(
         matches!(
             finished.result,

@@ -98,6 +98,12 @@ pub(crate) fn render(
             "memo: unchecked floor",
             revision(info.cursor.unchecked_floor()),
         ),
+        // K11 generalised: messages left unseen; a mirror repairs once
+        // the bucket is quiet.
+        (
+            "memo: repair due",
+            yes_no(info.cursor.repair_due()).to_owned(),
+        ),
     ];
     for (name, value) in lines {
         let _ = writeln!(out, "{name:<24}{value}");

@@ -63,6 +63,7 @@ struct CursorMemo {
     identity: Option<BucketIdentity>,
     message_time: Option<Timestamp>,
     unchecked_floor: Option<u64>,
+    repair_due: bool,
 }
 
 impl CursorMemo {
@@ -71,6 +72,7 @@ impl CursorMemo {
             && self.identity.is_none()
             && self.message_time.is_none()
             && self.unchecked_floor.is_none()
+            && !self.repair_due
     }
 }
 
@@ -81,7 +83,8 @@ impl CursorMemo {
 /// back through [`WatchCursor::from_bytes`]. It carries a memo for the repair
 /// rules: whether retention was ever seen evicting current values, the bucket
 /// identity it was taken against, the server time of the message at the
-/// cursor, and a relist's floor not yet checked. A plain-revision cursor
+/// cursor, a relist's floor not yet checked, and a repair made due by
+/// messages that left the log unseen. A plain-revision cursor
 /// keeps the memo off the heap.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct WatchCursor {
@@ -95,8 +98,13 @@ const FLAG_SEEN_EVICTING: u8 = 1 << 1;
 const FLAG_IDENTITY: u8 = 1 << 2;
 const FLAG_MESSAGE_TIME: u8 = 1 << 3;
 const FLAG_UNCHECKED_FLOOR: u8 = 1 << 4;
-const KNOWN_FLAGS: u8 =
-    FLAG_REVISION | FLAG_SEEN_EVICTING | FLAG_IDENTITY | FLAG_MESSAGE_TIME | FLAG_UNCHECKED_FLOOR;
+const FLAG_REPAIR_DUE: u8 = 1 << 5;
+const KNOWN_FLAGS: u8 = FLAG_REVISION
+    | FLAG_SEEN_EVICTING
+    | FLAG_IDENTITY
+    | FLAG_MESSAGE_TIME
+    | FLAG_UNCHECKED_FLOOR
+    | FLAG_REPAIR_DUE;
 
 impl WatchCursor {
     /// No position: nothing applied yet.
@@ -159,6 +167,23 @@ impl WatchCursor {
     #[must_use]
     pub fn with_unchecked_floor(mut self, floor: Option<u64>) -> Self {
         self.update_memo(|m| m.unchecked_floor = floor);
+        self
+    }
+
+    /// Whether a repair is due once the bucket is quiet: messages left a
+    /// bucket that evicts nothing current before the fold saw them, so a
+    /// key whose latest message expired (or whose delete marker a client
+    /// purged) unseen may still be in the fold (K11 generalised).
+    /// Committed with the cursor that passes the gap, so a restart keeps it.
+    #[must_use]
+    pub fn repair_due(&self) -> bool {
+        self.memo.as_ref().is_some_and(|m| m.repair_due)
+    }
+
+    /// Record (or clear) a due repair.
+    #[must_use]
+    pub fn with_repair_due(mut self, due: bool) -> Self {
+        self.update_memo(|m| m.repair_due = due);
         self
     }
 
@@ -230,6 +255,9 @@ impl WatchCursor {
             flags |= FLAG_UNCHECKED_FLOOR;
             out.extend_from_slice(&floor.to_be_bytes());
         }
+        if self.repair_due() {
+            flags |= FLAG_REPAIR_DUE;
+        }
         out[1] = flags;
         out
     }
@@ -280,6 +308,9 @@ fn decode(bytes: &[u8]) -> Result<WatchCursor, CursorDecodeError> {
     if flags & FLAG_UNCHECKED_FLOOR != 0 {
         cursor = cursor.with_unchecked_floor(Some(take_u64(&mut rest)?));
     }
+    if flags & FLAG_REPAIR_DUE != 0 {
+        cursor = cursor.with_repair_due(true);
+    }
     if !rest.is_empty() {
         return Err(CursorDecodeError::TrailingBytes);
     }
@@ -306,7 +337,8 @@ impl fmt::Debug for WatchCursor {
             d.field("seen_evicting", &m.seen_evicting)
                 .field("identity", &m.identity)
                 .field("message_time", &m.message_time)
-                .field("unchecked_floor", &m.unchecked_floor);
+                .field("unchecked_floor", &m.unchecked_floor)
+                .field("repair_due", &m.repair_due);
         }
         d.finish()
     }
@@ -343,6 +375,7 @@ mod tests {
         assert_eq!(err(&[0xff]), CursorDecodeError::UnknownVersion(0xff));
         assert_eq!(err(&[1]), CursorDecodeError::Truncated);
         assert_eq!(err(&[1, 0x80]), CursorDecodeError::UnknownFlags(0x80));
+        assert_eq!(err(&[1, 0x40]), CursorDecodeError::UnknownFlags(0x40));
         assert_eq!(err(&[1, FLAG_REVISION, 0, 0]), CursorDecodeError::Truncated);
         assert_eq!(err(&[1, 0, 9]), CursorDecodeError::TrailingBytes);
         let mut bad_name = vec![1, FLAG_IDENTITY];
@@ -371,6 +404,24 @@ mod tests {
         assert_eq!(cleared.to_bytes().len(), 10);
     }
 
+    #[test]
+    fn a_due_repair_survives_advancing_and_encoding_until_cleared() {
+        let c = WatchCursor::at(3).with_repair_due(true).advanced(9, None);
+        assert!(c.repair_due());
+        let bytes = c.to_bytes();
+        assert_eq!(bytes[1], FLAG_REVISION | FLAG_REPAIR_DUE);
+        let decoded = WatchCursor::from_bytes(&bytes).unwrap();
+        assert!(decoded.repair_due());
+        let cleared = decoded.with_repair_due(false);
+        assert_eq!(cleared, WatchCursor::at(9));
+        // A cursor written before the flag existed decodes without it.
+        assert!(
+            !WatchCursor::from_bytes(&WatchCursor::at(9).to_bytes())
+                .unwrap()
+                .repair_due()
+        );
+    }
+
     fn arb_cursor() -> impl Strategy<Value = WatchCursor> {
         (
             proptest::option::of(any::<u64>()),
@@ -378,8 +429,9 @@ mod tests {
             proptest::option::of(any::<u64>()),
             proptest::option::of(("[a-zA-Z0-9_-]{0,40}", any::<u64>())),
             proptest::option::of(any::<u64>()),
+            any::<bool>(),
         )
-            .prop_map(|(rev, evicting, time, id, floor)| {
+            .prop_map(|(rev, evicting, time, id, floor, due)| {
                 let mut c = rev.map_or_else(WatchCursor::none, WatchCursor::at);
                 if evicting {
                     c = c.with_seen_evicting();
@@ -391,7 +443,7 @@ mod tests {
                         created: Timestamp::from_unix_nanos(created),
                     });
                 }
-                c.with_unchecked_floor(floor)
+                c.with_unchecked_floor(floor).with_repair_due(due)
             })
     }
 

@@ -180,6 +180,12 @@ impl Bucket {
         }
     }
 
+    /// N8 as K11 generalised reads it: only a bucket that can evict
+    /// current values has a floor a watch must not pass.
+    pub(crate) fn evicts_current_values(&self) -> bool {
+        self.limits.max_age.is_some() || self.limits.limits_evict()
+    }
+
     pub(crate) fn retention(&self, now: Timestamp) -> Retention {
         let l = &self.limits;
         Retention {

@@ -28,9 +28,11 @@ pub enum DeliverPolicy {
 }
 
 /// What one step of a consumer produced.
+/// The `Option<u64>` is the first retained sequence when the bucket can
+/// evict current values (the floor a watch must not pass), else `None`.
 enum Step {
-    Message(RawMessage, u64),
-    Idle(u64),
+    Message(RawMessage, Option<u64>),
+    Idle(Option<u64>),
     Fail(KvError),
 }
 
@@ -127,7 +129,7 @@ impl Core {
                 ))));
             }
         };
-        let first = bucket.first_seq();
+        let first = bucket.evicts_current_values().then(|| bucket.first_seq());
         while let Some(seq) = self.backlog.pop_front() {
             // A snapshot entry removed since creation is skipped, as the
             // server skips deleted messages.
@@ -249,8 +251,9 @@ impl MemoryWatch {
         Poll::Ready(Some(Err(error)))
     }
 
-    fn overrun(&self, first: u64) -> Option<KvError> {
+    fn overrun(&self, first: Option<u64>) -> Option<KvError> {
         let frontier = self.frontier?;
+        let first = first?;
         (floor_verdict(frontier, first) == FloorVerdict::Overrun).then_some(
             KvError::CursorExpired {
                 reason: ExpiryReason::FloorOverrun {

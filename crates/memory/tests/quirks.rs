@@ -162,6 +162,29 @@ async fn live_watch_overrun_by_head_eviction_ends_with_floor_overrun() {
     assert_eq!(watch.next().await, None);
 }
 
+/// K11 generalised: on a bucket that evicts nothing current the head
+/// passing a running watch is supersession (or a writer's expiry, a purged
+/// delete, which the engine repairs once quiet): the watch goes on.
+#[tokio::test]
+async fn a_head_passing_a_watch_on_a_bucket_that_evicts_nothing_is_not_an_overrun() {
+    let server = MemoryServer::new();
+    let store = open(&server, StoreConfig::new("b")).await;
+    put(&store, "k").await; // 1
+    let mut watch = store
+        .watcher()
+        .watch(&WatchScope::All, WatchStart::After(WatchCursor::at(1)))
+        .await
+        .unwrap();
+    assert_eq!(watch.next().await, Some(Ok(WatchEvent::CaughtUp)));
+    store.writer().delete("k").await.unwrap(); // 2
+    put(&store, "x").await; // 3
+    server.bucket("b").purge_below(3).unwrap();
+    match watch.next().await {
+        Some(Ok(WatchEvent::Update(update))) => assert_eq!(update.revision(), Some(3)),
+        other => panic!("expected the delivery of 3, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn idle_watch_detects_overrun_when_the_clock_moves() {
     let server = MemoryServer::new();

@@ -99,6 +99,15 @@ impl Stream for NatsWatch {
     }
 }
 
+/// N8 under K11 generalised: only a bucket that can evict current values
+/// has a floor the watch must not pass. Elsewhere what the head passed was
+/// superseded, or expired at its writer's wish, which the engine answers
+/// with a relist once the bucket is quiet; ending the watch there would
+/// stop a node on every hot key.
+fn guarded(facts: &StreamFacts) -> bool {
+    retention_of(facts).evicts_current_values()
+}
+
 fn expired(reason: ExpiryReason) -> KvError {
     KvError::CursorExpired { reason }
 }
@@ -417,7 +426,10 @@ impl WatchTask {
             if self.floor_guard && gap_needs_floor_check(frontier, seq) {
                 match self.bucket.facts().await {
                     Ok(facts) => {
-                        if floor_verdict(frontier, facts.first_sequence) == FloorVerdict::Overrun {
+                        if guarded(&facts)
+                            && floor_verdict(frontier, facts.first_sequence)
+                                == FloorVerdict::Overrun
+                        {
                             return self.fail_overrun(frontier, facts.first_sequence).await;
                         }
                     }
@@ -486,7 +498,10 @@ impl WatchTask {
             return Flow::Continue;
         };
         match self.bucket.facts().await {
-            Ok(facts) if floor_verdict(frontier, facts.first_sequence) == FloorVerdict::Overrun => {
+            Ok(facts)
+                if guarded(&facts)
+                    && floor_verdict(frontier, facts.first_sequence) == FloorVerdict::Overrun =>
+            {
                 self.fail_overrun(frontier, facts.first_sequence).await
             }
             Ok(_) => Flow::Continue,

@@ -30,9 +30,10 @@ mod resume;
 pub use artifact::{PointerState, payload_prunable, pointer_publish_allowed};
 pub use cursor::{is_replay, next_high_water};
 pub use repair::{
-    Eviction, ListingTruth, MassDeleteLimit, MassDeleteVerdict, RepairMode, RepairPlan,
+    Eviction, GapReading, ListingTruth, MassDeleteLimit, MassDeleteVerdict, RepairMode, RepairPlan,
     RestoreAction, cursorless_start_needs_repair, gap_holds_no_eviction, listing_is_truth,
-    listing_truth, mass_delete_guard, plan_repair, restore_ahead, restore_allowed, restore_key,
+    listing_truth, mass_delete_guard, plan_repair, quiet_for_repair, read_gap, restore_ahead,
+    restore_allowed, restore_key,
 };
 pub use resume::{
     FloorVerdict, StreamStart, cursor_beyond_log, floor_verdict, gap_needs_floor_check,

@@ -49,6 +49,69 @@ impl Eviction {
     }
 }
 
+/// K11 generalised: what a gap (messages that left the log before a reader
+/// saw them) asks for, judged from what the bucket can evict now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GapReading {
+    /// The bucket evicts nothing current: what left unseen was superseded
+    /// (a later message of its key is still to come), expired at its
+    /// writer's wish (`Nats-TTL`), or a delete marker a client purged. Only
+    /// the last two lose anything, and a repair finds them; it waits until
+    /// the bucket is quiet, where the next hot write cannot overrun it, so
+    /// hot keys never make it loop.
+    RepairWhenQuiet,
+    /// Retention may have evicted current values: repair now (K8).
+    RepairNow,
+}
+
+impl GapReading {
+    /// Whether the gap asks for a repair before the watch goes on.
+    #[must_use]
+    pub const fn repairs_now(self) -> bool {
+        matches!(self, Self::RepairNow)
+    }
+}
+
+/// K11 generalised: read a gap from the bucket's eviction. Per-message TTL
+/// does not make a gap urgent: an expiry is the writer's delete, which a
+/// repair once the bucket is quiet finds as a relist finds a purged
+/// delete.
+#[must_use]
+pub const fn read_gap(eviction: Eviction) -> GapReading {
+    if eviction.evicts_current_values() {
+        GapReading::RepairNow
+    } else {
+        GapReading::RepairWhenQuiet
+    }
+}
+
+/// When a repair that [`GapReading::RepairWhenQuiet`] made due may run
+/// without looping: the bucket is quiet. Neither the frontier nor the last
+/// sequence moved since the previous look (`before`, as `(frontier,
+/// last)`): no writer is busy and nothing more is arriving, so the repair
+/// cannot be overrun by the next gap. A watch that has just caught up
+/// (`caught_up_at_head`, not a repair's own state-sync) also counts as
+/// quiet when its frontier reached the last sequence: the node is not
+/// Ready yet, and should not become Ready with the gap unrepaired. A
+/// repair's state-sync that catches up on hot keys always reaches the
+/// head for a moment, so there only stillness counts.
+#[must_use]
+pub const fn quiet_for_repair(
+    frontier: u64,
+    last: u64,
+    before: Option<(u64, u64)>,
+    caught_up_at_head: bool,
+) -> bool {
+    (caught_up_at_head && frontier >= last) || still(frontier, last, before)
+}
+
+const fn still(frontier: u64, last: u64, before: Option<(u64, u64)>) -> bool {
+    match before {
+        Some((f, l)) => f == frontier && l == last,
+        None => false,
+    }
+}
+
 /// K7's verdict with its reason, so a refusal or a status line can say why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListingTruth {

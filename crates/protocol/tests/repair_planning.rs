@@ -6,9 +6,10 @@ use core::time::Duration;
 
 use proptest::prelude::*;
 use slipstream_protocol::{
-    Eviction, ListingTruth, MassDeleteLimit, MassDeleteVerdict, RepairMode, RepairPlan,
+    Eviction, GapReading, ListingTruth, MassDeleteLimit, MassDeleteVerdict, RepairMode, RepairPlan,
     cursorless_start_needs_repair, gap_holds_no_eviction, listing_is_truth, listing_truth,
-    mass_delete_guard, plan_repair, restore_ahead, restore_allowed, resume_window_ok,
+    mass_delete_guard, plan_repair, quiet_for_repair, read_gap, restore_ahead, restore_allowed,
+    resume_window_ok,
 };
 
 const MODES: [RepairMode; 4] = [
@@ -132,6 +133,75 @@ fn per_message_ttl_alone_keeps_the_listing_the_truth() {
         ListingTruth::NothingEvicts
     );
     assert!(listing_truth(nats_py, u64::MAX, false).is_truth());
+}
+
+// ---------------------------------------------------------------- K11 generalised
+
+fn eviction(max_age: bool, discard_old_limit: bool, per_message_ttl: bool) -> Eviction {
+    Eviction {
+        max_age,
+        discard_old_limit,
+        per_message_ttl,
+    }
+}
+
+#[test]
+fn read_gap_truth_table() {
+    for max_age in [false, true] {
+        for limit in [false, true] {
+            for ttl in [false, true] {
+                let e = eviction(max_age, limit, ttl);
+                let expected = if max_age || limit {
+                    GapReading::RepairNow
+                } else {
+                    GapReading::RepairWhenQuiet
+                };
+                assert_eq!(read_gap(e), expected, "{e:?}");
+                assert_eq!(read_gap(e).repairs_now(), max_age || limit);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_gap_on_a_nats_py_bucket_waits_for_quiet_instead_of_repairing_now() {
+    // nats-py 2.16: allow_msg_ttl, discard new, no max_age.
+    assert_eq!(
+        read_gap(eviction(false, false, true)),
+        GapReading::RepairWhenQuiet
+    );
+}
+
+#[test]
+fn a_repair_waits_for_a_quiet_bucket() {
+    // A watch that just caught up at the head, not a repair's own.
+    assert!(quiet_for_repair(10, 10, None, true));
+    assert!(quiet_for_repair(11, 10, Some((3, 4)), true));
+    assert!(!quiet_for_repair(9, 10, None, true));
+    // Live, or a repair's state-sync: reaching the head is not enough.
+    assert!(!quiet_for_repair(10, 10, None, false));
+    assert!(!quiet_for_repair(10, 10, Some((9, 10)), false));
+    // Behind the head and the head moving: writers are busy.
+    assert!(!quiet_for_repair(9, 12, Some((9, 10)), false));
+    // The head still but the frontier moving: deliveries are arriving.
+    assert!(!quiet_for_repair(9, 10, Some((7, 10)), false));
+    // Nothing moved since the last look: quiet, at the head or not.
+    assert!(quiet_for_repair(9, 10, Some((9, 10)), false));
+    assert!(quiet_for_repair(10, 10, Some((10, 10)), false));
+}
+
+proptest! {
+    #[test]
+    fn quiet_needs_stillness_unless_a_first_catch_up_reached_the_head(
+        f in any::<u64>(),
+        l in any::<u64>(),
+        b in proptest::option::of((any::<u64>(), any::<u64>())),
+        at_head in any::<bool>(),
+    ) {
+        if quiet_for_repair(f, l, b, at_head) {
+            prop_assert!(b == Some((f, l)) || (at_head && f >= l));
+        }
+    }
 }
 
 #[test]
