@@ -15,11 +15,13 @@
 //! ```
 
 mod admin;
+mod clients;
 mod fixture;
 mod proxy;
 mod server;
 
 pub use admin::{Admin, wait_until};
+pub use clients::KvClient;
 pub use fixture::{connect, connect_with, open, test_settings};
 pub use proxy::{Forwarding, StallProxy};
 pub use server::{

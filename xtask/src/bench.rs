@@ -49,6 +49,12 @@ const TARGETS: &[Target] = &[
         features: &[],
         needs_server: true,
     },
+    Target {
+        package: "slipstream-it",
+        bench: "hot_keys",
+        features: &[],
+        needs_server: true,
+    },
 ];
 
 /// A row of the summary: benchmark id, median time, median throughput.

@@ -96,6 +96,11 @@ impl From<Check> for StreamEnd {
 /// delivery while they go on.
 const QUIET_LOOK: Duration = Duration::from_millis(100);
 
+/// How long neither the frontier nor the last sequence may move for the
+/// bucket to count as quiet: longer than the pauses a busy server takes
+/// (a file store flush stalls writers and deliveries alike).
+const QUIET_FOR: Duration = Duration::from_millis(300);
+
 /// What woke the loop.
 enum Event<C> {
     Shutdown,
@@ -140,7 +145,7 @@ pub(crate) struct Engine<W, S, P, A, O, T> {
     watching_delta: bool,
     /// `(frontier, last sequence)` at the previous retention look of this
     /// watch: the bucket is quiet when neither moved.
-    last_look: Option<(u64, u64)>,
+    last_look: Option<(u64, u64, Instant)>,
     /// A relist just became due: look for quiet soon.
     look_soon: bool,
     /// The last sequence the latest retention read saw.
@@ -578,7 +583,7 @@ where
                 // With a repair due, reaching the last sequence the previous
                 // look saw may mean the bucket went quiet: look again.
                 if self.applied.repair_due()
-                    && let (Some(delivered), Some((_, last))) = (delivered, self.last_look)
+                    && let (Some(delivered), Some((_, last, _))) = (delivered, self.last_look)
                     && delivered >= last
                 {
                     look = true;
@@ -854,6 +859,22 @@ where
         S::DURABLE && matches!(self.on_expiry_policy(), OnExpiry::Repair(_))
     }
 
+    /// The `(frontier, last)` of a look at least [`QUIET_FOR`] ago if
+    /// neither has moved since, as `quiet_for_repair` takes it; the look
+    /// is remembered from when these values were first seen.
+    fn still_since(&mut self, frontier: u64, last: u64) -> Option<(u64, u64)> {
+        let now = Instant::now();
+        match self.last_look {
+            Some((f, l, since)) if (f, l) == (frontier, last) => {
+                (now.duration_since(since) >= QUIET_FOR).then_some((f, l))
+            }
+            _ => {
+                self.last_look = Some((frontier, last, now));
+                None
+            }
+        }
+    }
+
     /// K11 generalised, from the last retention read; `None` before any.
     pub(crate) fn gap_reading(&self) -> Option<GapReading> {
         self.eviction.map(read_gap)
@@ -952,7 +973,7 @@ where
                     self.applied = self.applied.clone().with_repair_due(true);
                 }
                 let frontier = frontier.max(self.listed_through.unwrap_or(0));
-                let before = self.last_look.replace((frontier, retention.last_revision));
+                let before = self.still_since(frontier, retention.last_revision);
                 if self.applied.repair_due()
                     && quiet_for_repair(
                         frontier,
