@@ -724,6 +724,7 @@ where
     /// `cursor` is committed (or, without a store, applied): publish it.
     fn report(&mut self, cursor: WatchCursor) {
         self.reporter.applied(cursor.revision());
+        self.reporter.repair_due(cursor.repair_due());
         (self.handlers.on_applied)(&cursor);
         self.committed = cursor;
     }

@@ -36,6 +36,11 @@ pub struct WatchStatus {
     pub lag: Option<u64>,
     /// Deliveries dropped as replays of applied revisions (K5).
     pub replays_dropped: u64,
+    /// Messages left a bucket that evicts nothing current before the watch
+    /// saw them, so a repair is due; it runs once the bucket is quiet (K11
+    /// generalised). Until then the fold may hold a key a writer's TTL or
+    /// a purged delete removed. As committed with the cursor.
+    pub repair_due: bool,
 }
 
 impl WatchStatus {
@@ -46,6 +51,7 @@ impl WatchStatus {
             stream_last: None,
             lag: None,
             replays_dropped: 0,
+            repair_due: false,
         }
     }
 
@@ -139,6 +145,14 @@ impl Reporter {
             #[allow(clippy::cast_precision_loss)]
             self.lag.set(lag as f64);
         }
+    }
+
+    pub(crate) fn repair_due(&self, due: bool) {
+        self.tx.send_if_modified(|s| {
+            let changed = s.repair_due != due;
+            s.repair_due = due;
+            changed
+        });
     }
 
     pub(crate) fn replay_dropped(&self) {

@@ -692,7 +692,8 @@ pub(crate) async fn settled(
     last: Option<u64>,
 ) -> Option<bool> {
     let done = |s: &slipstream_applied::WatchStatus| {
-        s.phase == Phase::Failed || (s.is_ready() && s.applied >= target && s.applied <= last)
+        s.phase == Phase::Failed
+            || (s.is_ready() && !s.repair_due && s.applied >= target && s.applied <= last)
     };
     for _ in 0..100 {
         let failed = match tokio::time::timeout(DEADLINE, status.wait_for(done)).await {
@@ -720,6 +721,14 @@ pub(crate) async fn settled(
         tokio::time::advance(STATUS_REFRESH).await;
         for _ in 0..8 {
             tokio::task::yield_now().await;
+        }
+        // And the quiet a due repair waits for (K11 generalised): looks
+        // 100 ms apart until nothing moved for 300 ms.
+        for _ in 0..12 {
+            tokio::time::advance(Duration::from_millis(110)).await;
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
         }
         let now = status.borrow().clone();
         if done(&now) {
