@@ -28,10 +28,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use slipstream_applied::{AppliedConfig, AppliedWatch, StatusReceiver, StoreSlot, handlers};
 use slipstream_fjall::FjallStore;
-use slipstream_it::{Admin, KvClient, NatsServer, TempDir, connect, open};
+use slipstream_it::{Admin, KvClient, NatsServer, TempDir, connect, live_values, open};
 use slipstream_kv::{
-    KvError, KvReader, KvStore, KvUpdate, KvWatcher, KvWriter, Retention, StoreConfig, WatchScope,
-    WatchStart,
+    KvError, KvStore, KvUpdate, KvWatcher, KvWriter, Retention, StoreConfig, WatchScope, WatchStart,
 };
 use slipstream_nats::{NatsBucket, NatsWatch};
 use slipstream_rocksdb::RocksDbStore;
@@ -178,14 +177,7 @@ async fn run<S: SnapshotStore + StoreSlot>(client: KvClient) -> Outcome {
     tokio::time::sleep(Duration::from_secs(1)).await;
     ready_at(&mut status, last).await;
     let repairs = (state_syncs.load(Ordering::SeqCst) - before) / 2;
-    let listing: BTreeMap<String, Bytes> = bucket
-        .reader()
-        .scan("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.key, e.value))
-        .collect();
+    let listing = live_values(&bucket).await;
     let equal = *fold.lock().unwrap() == listing;
     token.cancel();
     let finished = tokio::time::timeout(BOUND, node).await.unwrap().unwrap();

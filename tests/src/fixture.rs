@@ -1,8 +1,11 @@
 //! Connections and buckets with the short bounds live tests use.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use slipstream_kv::{Connection, StoreConfig};
+use bytes::Bytes;
+
+use slipstream_kv::{Connection, KvReader, KvStore, StoreConfig};
 use slipstream_nats::{BackendSettings, NatsBucket, NatsConfig, NatsConnection};
 
 /// Settings for tests: short round-trip bound and fast heartbeats, so a
@@ -45,4 +48,16 @@ pub async fn open(conn: &NatsConnection, config: StoreConfig) -> NatsBucket {
     conn.store_with_config(&config)
         .await
         .unwrap_or_else(|e| panic!("open bucket {}: {e}", config.name))
+}
+
+/// The bucket's live keys and values, as its listing has them now.
+pub async fn live_values(bucket: &NatsBucket) -> BTreeMap<String, Bytes> {
+    bucket
+        .reader()
+        .scan("")
+        .await
+        .unwrap_or_else(|e| panic!("list the bucket: {e}"))
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect()
 }

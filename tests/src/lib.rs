@@ -22,7 +22,7 @@ mod server;
 
 pub use admin::{Admin, wait_until};
 pub use clients::KvClient;
-pub use fixture::{connect, connect_with, open, test_settings};
+pub use fixture::{connect, connect_with, live_values, open, test_settings};
 pub use proxy::{Forwarding, StallProxy};
 pub use server::{
     NatsServer, SERVER_BIN_ENV, ServerAuth, ServerOptions, ServerTls, TempDir, server_bin,

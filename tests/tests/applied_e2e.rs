@@ -15,7 +15,7 @@ use bytes::Bytes;
 use slipstream_applied::{AppliedConfig, AppliedWatch, Finished, handlers};
 use slipstream_fjall::FjallStore;
 use slipstream_it::{NatsServer, TempDir, connect, open};
-use slipstream_kv::{KvReader, KvStore, KvUpdate, KvWriter, StoreConfig, WatchCursor, WatchScope};
+use slipstream_kv::{KvStore, KvUpdate, KvWriter, StoreConfig, WatchCursor, WatchScope};
 use slipstream_nats::NatsBucket;
 use slipstream_snapshot::{AppendLogStore, SnapshotError, SnapshotStore};
 use tokio_util::sync::CancellationToken;
@@ -149,14 +149,7 @@ async fn kill_restart_receives_only_the_delta<S: SnapshotStore>(label: &str) {
     let finished = task.await.unwrap();
     assert_eq!(finished.result.unwrap().cursor.revision(), Some(last));
 
-    let truth: BTreeMap<String, Bytes> = bucket
-        .reader()
-        .scan("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.key, e.value))
-        .collect();
+    let truth = slipstream_it::live_values(&bucket).await;
     let seen = restarted.lock().unwrap();
     let expected: Vec<u64> = (302..=last).collect();
     assert_eq!(seen.parsed, expected, "only the delta, in order");

@@ -539,9 +539,7 @@ where
                 // after its `CaughtUp`, where retention or an operator's
                 // purge can pass it too. A caught-up watch with no position
                 // has seen nothing yet: its frontier is position 0.
-                let frontier =
-                    next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r))
-                        .unwrap_or(0);
+                let frontier = self.frontier();
                 let delivered = update.revision();
                 // Whether to look at retention once this delivery is in.
                 let mut look = false;
@@ -558,14 +556,7 @@ where
                                 && !self.applied.repair_due()
                                 && self.repairs_gaps()
                             {
-                                tracing::debug!(
-                                    watch = %self.config.name,
-                                    frontier,
-                                    delivered,
-                                    "messages left the log unseen; a repair is due once the bucket is quiet",
-                                );
-                                self.applied = self.applied.clone().with_repair_due(true);
-                                self.look_soon = true;
+                                self.make_repair_due(frontier, "a delivery skipped messages");
                                 look = true;
                             }
                         }
@@ -606,8 +597,7 @@ where
     /// purged delete); on a bucket that evicts nothing current that makes
     /// a repair due (K11 generalised).
     fn note_tail_left_unseen(&mut self) {
-        let frontier = next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r))
-            .unwrap_or(0);
+        let frontier = self.frontier();
         if self.watching_delta
             && self.config.scope.is_all()
             && self.gap_reading() == Some(GapReading::RepairWhenQuiet)
@@ -616,15 +606,28 @@ where
             && let Some(last) = self.last_at_open
             && frontier < last
         {
-            tracing::debug!(
-                watch = %self.config.name,
-                frontier,
-                last,
-                "caught up short of the last sequence; a repair is due once the bucket is quiet",
-            );
-            self.applied = self.applied.clone().with_repair_due(true);
-            self.look_soon = true;
+            self.make_repair_due(frontier, "caught up short of the last sequence");
         }
+    }
+
+    /// K11 generalised: messages left unseen; record the due repair in the
+    /// cursor's memo (committed with the next flush) and look for quiet
+    /// soon.
+    fn make_repair_due(&mut self, frontier: u64, why: &'static str) {
+        tracing::debug!(
+            watch = %self.config.name,
+            frontier,
+            why,
+            "messages left the log unseen; a repair is due once the bucket is quiet",
+        );
+        self.applied = self.applied.clone().with_repair_due(true);
+        self.look_soon = true;
+    }
+
+    /// The highest revision received: applied, or in the open batch; 0
+    /// without a position.
+    fn frontier(&self) -> u64 {
+        next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r)).unwrap_or(0)
     }
 
     /// Take a repair's synthetic update (a restored put or a delete) into
@@ -889,8 +892,9 @@ where
     /// the backend's floor guard (K4) only looks when a delivery arrives,
     /// so head eviction that passes an idle or caught-up state-sync watch
     /// would otherwise go unnoticed. On a bucket that does not evict
-    /// current values, it is where a due repair waits for quiet. `caught_up` says whether the watch
-    /// has caught up (the frontier is then where the log must still reach).
+    /// current values, it is where a due repair waits for quiet.
+    /// `caught_up` says whether the watch has caught up (the frontier is
+    /// then where the log must still reach).
     async fn refresh_retention(&mut self, caught_up: bool) -> Result<Option<Check>, AppliedError> {
         match self.retention_now().await {
             Ok(retention) => {
@@ -926,7 +930,7 @@ where
                             // An All-scope watch repairs once quiet; a
                             // prefix-scoped one cannot tell when that is.
                             GapReading::RepairWhenQuiet if self.config.scope.is_all() => {
-                                self.applied = self.applied.clone().with_repair_due(true);
+                                self.make_repair_due(floor, "the head passed a relist's floor");
                             }
                             _ => {
                                 return Ok(Some(Check::Expired(ExpiryReason::FloorOverrun {
@@ -940,9 +944,7 @@ where
                 }
                 // No position yet is position 0: a listing that found the
                 // stream emptied after its start was planned lost what left.
-                let frontier =
-                    next_high_water(self.applied.revision(), self.pending.high.map(|(r, _)| r))
-                        .unwrap_or(0);
+                let frontier = self.frontier();
                 if !self.config.scope.is_all() || !caught_up {
                     return Ok(None);
                 }
@@ -971,7 +973,7 @@ where
                 if !resume_window_ok(frontier, retention.first_revision)
                     && !self.applied.repair_due()
                 {
-                    self.applied = self.applied.clone().with_repair_due(true);
+                    self.make_repair_due(frontier, "the head passed the frontier");
                 }
                 let frontier = frontier.max(self.listed_through.unwrap_or(0));
                 let before = self.still_since(frontier, retention.last_revision);
