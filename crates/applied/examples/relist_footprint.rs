@@ -126,6 +126,7 @@ fn synced_fold(dir: &std::path::Path, keys: u64, value: &Bytes, cache_bytes: u64
             value: value.clone(),
             version: VersionToken::from_u64(i + 1),
             created: None,
+            expires: None,
         }));
         if batch.len() == batch.capacity() || i + 1 == keys {
             store.apply(&batch, &WatchCursor::at(i + 1)).unwrap();

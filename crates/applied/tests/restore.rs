@@ -528,6 +528,7 @@ async fn a_cursorless_start_on_a_fold_with_data_deletes_what_the_bucket_no_longe
         value: Bytes::from_static(b"old"),
         version: slipstream_kv::VersionToken::from_u64(1),
         created: None,
+        expires: None,
     });
     store
         .apply(&[stale], &slipstream_kv::WatchCursor::none())
@@ -769,6 +770,7 @@ async fn restore_over_old_entries(
                 value: Bytes::from_static(b"old"),
                 version: slipstream_kv::VersionToken::from_u64(*revision),
                 created: None,
+                expires: None,
             })
         })
         .collect();

@@ -18,6 +18,7 @@
 //!     value: Bytes::from_static(b"10.0.0.1"),
 //!     version: VersionToken::from_u64(1),
 //!     created: None,
+//!     expires: None,
 //! });
 //! store.apply(&[put], &WatchCursor::at(1))?;
 //!

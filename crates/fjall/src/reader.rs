@@ -101,6 +101,7 @@ pub(crate) fn get(
     Ok(Some(StoredEntry {
         value: Bytes::copy_from_slice(entry.value),
         version: entry.version,
+        expires: entry.expires,
     }))
 }
 

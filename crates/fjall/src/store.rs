@@ -366,7 +366,7 @@ impl SnapshotStore for FjallStore {
             }
             match update {
                 KvUpdate::Put(entry) => {
-                    let record = encode_value_record(&entry.version, &entry.value);
+                    let record = encode_value_record(&entry.version, entry.expires, &entry.value);
                     totals.add(key, record.len());
                     current.insert(key, Some(record.len()));
                     journaled += (key.len() + record.len()) as u64;

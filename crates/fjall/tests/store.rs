@@ -20,6 +20,7 @@ fn put(key: &str, value: &'static [u8], rev: u64) -> KvUpdate {
         value: Bytes::from_static(value),
         version: VersionToken::from_u64(rev),
         created: None,
+        expires: None,
     })
 }
 
@@ -238,6 +239,7 @@ fn oversized_value_is_invalid_and_commits_nothing() {
         value: Bytes::from(vec![0; MAX_VALUE_LEN + 1]),
         version: VersionToken::from_u64(2),
         created: None,
+        expires: None,
     });
     let err = store
         .apply(&[put("small", b"s", 1), big], &WatchCursor::at(2))
@@ -301,6 +303,7 @@ fn clean_close_leaves_no_large_journal_to_replay() {
                     value: value.clone(),
                     version: VersionToken::from_u64(rev),
                     created: None,
+                    expires: None,
                 })
             })
             .collect();

@@ -27,6 +27,27 @@ impl Timestamp {
     pub const fn age_at(self, now: Self) -> Duration {
         Duration::from_nanos(now.0.saturating_sub(self.0))
     }
+
+    /// How long after this timestamp `later` lies (zero if it is earlier).
+    #[must_use]
+    pub const fn until(self, later: Self) -> Duration {
+        Duration::from_nanos(later.0.saturating_sub(self.0))
+    }
+
+    /// This timestamp plus `d`, saturating.
+    #[must_use]
+    pub fn plus(self, d: Duration) -> Self {
+        Self(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// The wall clock now.
+    #[must_use]
+    pub fn now() -> Self {
+        SystemTime::now().into()
+    }
 }
 
 impl From<SystemTime> for Timestamp {
@@ -64,6 +85,7 @@ struct CursorMemo {
     message_time: Option<Timestamp>,
     unchecked_floor: Option<u64>,
     repair_due: bool,
+    expiries_unrecorded: bool,
 }
 
 impl CursorMemo {
@@ -73,6 +95,7 @@ impl CursorMemo {
             && self.message_time.is_none()
             && self.unchecked_floor.is_none()
             && !self.repair_due
+            && !self.expiries_unrecorded
     }
 }
 
@@ -92,14 +115,19 @@ pub struct WatchCursor {
     memo: Option<Box<CursorMemo>>,
 }
 
-const FORMAT_VERSION: u8 = 1;
+/// Version 2 cursors come with folds that record per-message expiries; a
+/// version 1 cursor reads as [`WatchCursor::expiries_unrecorded`].
+const FORMAT_VERSION: u8 = 2;
+const FORMAT_BEFORE_EXPIRIES: u8 = 1;
 const FLAG_REVISION: u8 = 1 << 0;
 const FLAG_SEEN_EVICTING: u8 = 1 << 1;
 const FLAG_IDENTITY: u8 = 1 << 2;
 const FLAG_MESSAGE_TIME: u8 = 1 << 3;
 const FLAG_UNCHECKED_FLOOR: u8 = 1 << 4;
 const FLAG_REPAIR_DUE: u8 = 1 << 5;
-const KNOWN_FLAGS: u8 = FLAG_REVISION
+const FLAG_EXPIRIES_UNRECORDED: u8 = 1 << 6;
+const KNOWN_FLAGS: u8 = FLAG_EXPIRIES_UNRECORDED
+    | FLAG_REVISION
     | FLAG_SEEN_EVICTING
     | FLAG_IDENTITY
     | FLAG_MESSAGE_TIME
@@ -187,6 +215,23 @@ impl WatchCursor {
         self
     }
 
+    /// Whether the fold this cursor belongs to was written by a build that
+    /// did not record per-message expiries (`Nats-TTL`): its entries may
+    /// lack the expiry the bucket gave them. Set on every cursor of format
+    /// 1; cleared once the fold's expiries were read again from the bucket
+    /// (or the bucket allows no per-message TTL).
+    #[must_use]
+    pub fn expiries_unrecorded(&self) -> bool {
+        self.memo.as_ref().is_some_and(|m| m.expiries_unrecorded)
+    }
+
+    /// Record (or clear) that the fold's expiries are unrecorded.
+    #[must_use]
+    pub fn with_expiries_unrecorded(mut self, unrecorded: bool) -> Self {
+        self.update_memo(|m| m.expiries_unrecorded = unrecorded);
+        self
+    }
+
     /// The same memo at a new revision and message time. The rest of the
     /// memo (`seen_evicting`, identity, an unchecked floor) carries over.
     #[must_use]
@@ -258,6 +303,9 @@ impl WatchCursor {
         if self.repair_due() {
             flags |= FLAG_REPAIR_DUE;
         }
+        if self.expiries_unrecorded() {
+            flags |= FLAG_EXPIRIES_UNRECORDED;
+        }
         out[1] = flags;
         out
     }
@@ -274,14 +322,19 @@ impl WatchCursor {
 
 fn decode(bytes: &[u8]) -> Result<WatchCursor, CursorDecodeError> {
     let (&version, rest) = bytes.split_first().ok_or(CursorDecodeError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(CursorDecodeError::UnknownVersion(version));
-    }
+    let known = match version {
+        FORMAT_VERSION => KNOWN_FLAGS,
+        FORMAT_BEFORE_EXPIRIES => KNOWN_FLAGS & !FLAG_EXPIRIES_UNRECORDED,
+        _ => return Err(CursorDecodeError::UnknownVersion(version)),
+    };
     let (&flags, mut rest) = rest.split_first().ok_or(CursorDecodeError::Truncated)?;
-    if flags & !KNOWN_FLAGS != 0 {
-        return Err(CursorDecodeError::UnknownFlags(flags & !KNOWN_FLAGS));
+    if flags & !known != 0 {
+        return Err(CursorDecodeError::UnknownFlags(flags & !known));
     }
     let mut cursor = WatchCursor::none();
+    if version == FORMAT_BEFORE_EXPIRIES || flags & FLAG_EXPIRIES_UNRECORDED != 0 {
+        cursor = cursor.with_expiries_unrecorded(true);
+    }
     if flags & FLAG_REVISION != 0 {
         cursor.revision = Some(take_u64(&mut rest)?);
     }
@@ -338,7 +391,8 @@ impl fmt::Debug for WatchCursor {
                 .field("identity", &m.identity)
                 .field("message_time", &m.message_time)
                 .field("unchecked_floor", &m.unchecked_floor)
-                .field("repair_due", &m.repair_due);
+                .field("repair_due", &m.repair_due)
+                .field("expiries_unrecorded", &m.expiries_unrecorded);
         }
         d.finish()
     }
@@ -371,10 +425,14 @@ mod tests {
             other => panic!("expected InvalidCursor, got {other:?}"),
         };
         assert_eq!(err(&[]), CursorDecodeError::Empty);
-        assert_eq!(err(&[2, 0]), CursorDecodeError::UnknownVersion(2));
+        assert_eq!(err(&[3, 0]), CursorDecodeError::UnknownVersion(3));
+        assert_eq!(err(&[0, 0]), CursorDecodeError::UnknownVersion(0));
         assert_eq!(err(&[0xff]), CursorDecodeError::UnknownVersion(0xff));
         assert_eq!(err(&[1]), CursorDecodeError::Truncated);
+        assert_eq!(err(&[2]), CursorDecodeError::Truncated);
         assert_eq!(err(&[1, 0x80]), CursorDecodeError::UnknownFlags(0x80));
+        assert_eq!(err(&[2, 0x80]), CursorDecodeError::UnknownFlags(0x80));
+        // Format 1 knew nothing of the expiries flag.
         assert_eq!(err(&[1, 0x40]), CursorDecodeError::UnknownFlags(0x40));
         assert_eq!(err(&[1, FLAG_REVISION, 0, 0]), CursorDecodeError::Truncated);
         assert_eq!(err(&[1, 0, 9]), CursorDecodeError::TrailingBytes);
@@ -382,6 +440,28 @@ mod tests {
         bad_name.extend_from_slice(&[0; 8]);
         bad_name.extend_from_slice(&[0, 2, 0xff, 0xfe]);
         assert_eq!(err(&bad_name), CursorDecodeError::InvalidIdentity);
+    }
+
+    #[test]
+    fn a_cursor_of_format_1_reads_as_a_fold_without_expiries_and_keeps_saying_so() {
+        // Format 1, revision 7: what a build before expiries wrote.
+        let mut old = vec![1, FLAG_REVISION];
+        old.extend_from_slice(&7u64.to_be_bytes());
+        let c = WatchCursor::from_bytes(&old).unwrap();
+        assert_eq!(c.revision(), Some(7));
+        assert!(c.expiries_unrecorded());
+        assert!(!WatchCursor::at(7).expiries_unrecorded());
+        // Rewritten in format 2, the mark survives until cleared.
+        let again = WatchCursor::from_bytes(&c.advanced(9, None).to_bytes()).unwrap();
+        assert!(again.expiries_unrecorded());
+        assert_eq!(again.revision(), Some(9));
+        let cleared = again.with_expiries_unrecorded(false);
+        assert_eq!(cleared, WatchCursor::at(9));
+        assert!(
+            !WatchCursor::from_bytes(&cleared.to_bytes())
+                .unwrap()
+                .expiries_unrecorded()
+        );
     }
 
     #[test]

@@ -16,6 +16,17 @@ pub struct KvEntry {
     pub version: VersionToken,
     /// The server time the message was stored, when known.
     pub created: Option<Timestamp>,
+    /// When the entry expires: the message's server time plus its
+    /// per-message TTL (`Nats-TTL`); `None` for an entry that never does.
+    pub expires: Option<Timestamp>,
+}
+
+impl KvEntry {
+    /// Whether the entry has expired at `now` (its expiry is at or before).
+    #[must_use]
+    pub fn is_expired_at(&self, now: Timestamp) -> bool {
+        self.expires.is_some_and(|at| at <= now)
+    }
 }
 
 /// A delete or purge marker.
@@ -71,6 +82,15 @@ impl KvUpdate {
         match self {
             Self::Put(e) => e.created,
             Self::Delete(m) | Self::Purge(m) => m.created,
+        }
+    }
+
+    /// When the value the update writes expires (puts only).
+    #[must_use]
+    pub fn expires(&self) -> Option<Timestamp> {
+        match self {
+            Self::Put(e) => e.expires,
+            Self::Delete(_) | Self::Purge(_) => None,
         }
     }
 

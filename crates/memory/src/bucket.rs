@@ -35,6 +35,8 @@ pub struct RawMessage {
     pub value: Bytes,
     /// The simulated server time the message was stored.
     pub created: Timestamp,
+    /// When a put with a per-message TTL expires.
+    pub expires: Option<Timestamp>,
 }
 
 impl RawMessage {
@@ -49,6 +51,7 @@ impl RawMessage {
                 value: self.value.clone(),
                 version,
                 created,
+                expires: self.expires,
             }),
             Operation::Delete | Operation::Purge => {
                 let marker = KvMarker {
@@ -252,12 +255,19 @@ impl Bucket {
         now: Timestamp,
         ttl: Option<Duration>,
     ) -> Result<u64, KvError> {
+        let expires_at = ttl.map(|t| {
+            let nanos = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
+            now.as_unix_nanos().saturating_add(nanos)
+        });
         let message = RawMessage {
             sequence: self.last_seq.saturating_add(1),
             key: key.to_owned(),
             operation,
             value,
             created: now,
+            expires: expires_at
+                .filter(|_| operation == Operation::Put)
+                .map(Timestamp::from_unix_nanos),
         };
         let size = message.size();
         if self.limits.discard == DiscardPolicy::New {
@@ -277,10 +287,6 @@ impl Bucket {
             }
         }
         let seq = message.sequence;
-        let expires_at = ttl.map(|t| {
-            let nanos = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
-            now.as_unix_nanos().saturating_add(nanos)
-        });
         if let Some(at) = expires_at {
             self.ttl_index.insert((at, seq));
         }

@@ -202,6 +202,7 @@ impl KvReader for MemoryStore {
                     value: m.value.clone(),
                     version: VersionToken::from_u64(m.sequence),
                     created: Some(m.created),
+                    expires: m.expires,
                 }))
         })
     }
@@ -223,6 +224,7 @@ impl KvReader for MemoryStore {
                     value: m.value.clone(),
                     version: VersionToken::from_u64(m.sequence),
                     created: Some(m.created),
+                    expires: m.expires,
                 })
                 .collect())
         })

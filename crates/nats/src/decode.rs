@@ -1,6 +1,7 @@
 //! Decoding raw KV messages (N9) and showing payloads in logs (N12).
 
 use core::fmt;
+use core::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -13,6 +14,8 @@ pub(crate) const KV_OPERATION: &str = "KV-Operation";
 /// The header a server-placed delete marker carries (limit markers,
 /// `subject_delete_marker_ttl`), naming why the key's messages went.
 pub(crate) const MARKER_REASON: &str = "Nats-Marker-Reason";
+/// The header carrying a message's own TTL (ADR-43).
+pub(crate) const MESSAGE_TTL: &str = "Nats-TTL";
 /// The header carrying a value's size in headers-only deliveries.
 pub(crate) const MSG_SIZE: &str = "Nats-Msg-Size";
 
@@ -47,6 +50,51 @@ pub(crate) fn operation(headers: Option<&HeaderMap>) -> Operation {
     }
 }
 
+/// A message's TTL from its `Nats-TTL` header: integer seconds or a Go
+/// duration (`90s`, `1h30m`, `1.5h`); `never`, an absent or an unreadable
+/// header is no TTL. The server refused the message if it could not read
+/// the header, so an unreadable one is not one it honours either.
+pub(crate) fn message_ttl(headers: Option<&HeaderMap>) -> Option<Duration> {
+    let text = headers?.get(MESSAGE_TTL)?.as_str().trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return (seconds > 0).then(|| Duration::from_secs(seconds));
+    }
+    go_duration(text).filter(|d| !d.is_zero())
+}
+
+/// A Go `time.Duration` string: a sequence of decimal numbers, each with a
+/// unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`). Negative durations are no
+/// TTL.
+fn go_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    if rest.is_empty() {
+        return None;
+    }
+    let mut nanos: f64 = 0.0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        nanos += number * scale;
+    }
+    (nanos.is_finite() && nanos < u64::MAX as f64).then(|| Duration::from_nanos(nanos as u64))
+}
+
 /// The key of a subject in the bucket's keyspace, or `None` for a subject
 /// outside it.
 pub(crate) fn key_of<'a>(subject: &'a str, keyspace: &str) -> Option<&'a str> {
@@ -72,6 +120,8 @@ pub(crate) fn to_update(
             value: payload,
             version,
             created,
+            // The server expires the message at its stored time plus the TTL.
+            expires: message_ttl(headers).and_then(|ttl| Some(created?.plus(ttl))),
         }),
         Operation::Delete => KvUpdate::Delete(KvMarker {
             key,
@@ -176,6 +226,41 @@ mod tests {
             ack,
         );
         assert!(matches!(put, Some(KvUpdate::Put(_))));
+    }
+
+    #[test]
+    fn a_put_with_a_ttl_expires_at_its_server_time_plus_the_ttl() {
+        let ack = parse_ack_subject("$JS.ACK.KV_b.c.1.9.1.5000000000.0");
+        let put = |ttl: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(ttl) = ttl {
+                h.insert(MESSAGE_TTL, ttl);
+            }
+            let u = to_update("$KV.b.k", "$KV.b.", Some(&h), Bytes::from_static(b"v"), ack);
+            u.and_then(|u| u.expires()).map(Timestamp::as_unix_nanos)
+        };
+        assert_eq!(put(Some("30")), Some(35_000_000_000));
+        assert_eq!(put(Some("1m30s")), Some(95_000_000_000));
+        assert_eq!(put(Some("1.5s")), Some(6_500_000_000));
+        assert_eq!(put(Some("never")), None);
+        assert_eq!(put(Some("garbage")), None);
+        assert_eq!(put(Some("-5s")), None);
+        assert_eq!(put(None), None);
+        // Without the server's time nothing can be said of the expiry.
+        let u = to_update("$KV.b.k", "$KV.b.", None, Bytes::new(), AckInfo::default());
+        assert_eq!(u.and_then(|u| u.expires()), None);
+    }
+
+    #[test]
+    fn go_durations_read_as_the_server_reads_them() {
+        let d = |s| go_duration(s).map(|d| d.as_nanos());
+        assert_eq!(d("2h45m"), Some(9_900_000_000_000));
+        assert_eq!(d("300ms"), Some(300_000_000));
+        assert_eq!(d("1us"), Some(1_000));
+        assert_eq!(d("1µs"), Some(1_000));
+        assert_eq!(d("10"), None);
+        assert_eq!(d("5d"), None);
+        assert_eq!(d(""), None);
     }
 
     #[test]

@@ -181,6 +181,7 @@ fn to_entry(e: kv::Entry) -> Option<KvEntry> {
         value: e.value,
         version: VersionToken::from_u64(e.revision),
         created: Some(Timestamp::from_unix_nanos(nanos)),
+        expires: None,
     })
 }
 

@@ -620,6 +620,7 @@ mod tests {
                 value: bytes::Bytes::new(),
                 version: slipstream_kv::VersionToken::from_u64(revision),
                 created: None,
+                expires: None,
             },
         )))
     }

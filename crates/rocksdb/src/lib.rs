@@ -20,6 +20,7 @@
 //!     value: Bytes::from_static(b"10.0.0.1"),
 //!     version: VersionToken::from_u64(rev),
 //!     created: None,
+//!     expires: None,
 //! });
 //! store.apply(&[put("routes.eu", 1), put("routes.us", 2)], &WatchCursor::at(2))?;
 //!

@@ -113,6 +113,7 @@ fn decode(dir: &Path, key: &str, record: &[u8]) -> Result<StoredEntry, SnapshotE
     Ok(StoredEntry {
         value: Bytes::copy_from_slice(entry.value),
         version: entry.version,
+        expires: entry.expires,
     })
 }
 

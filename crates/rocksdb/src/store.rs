@@ -282,7 +282,7 @@ impl SnapshotStore for RocksDbStore {
             }
             match update {
                 KvUpdate::Put(entry) => {
-                    let record = encode_value_record(&entry.version, &entry.value);
+                    let record = encode_value_record(&entry.version, entry.expires, &entry.value);
                     totals.add(key, record.len());
                     current.insert(key, Some(record.len()));
                     writes.put_cf(data, key, record);

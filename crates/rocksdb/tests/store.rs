@@ -20,6 +20,7 @@ fn put(key: &str, value: &'static [u8], rev: u64) -> KvUpdate {
         value: Bytes::from_static(value),
         version: VersionToken::from_u64(rev),
         created: None,
+        expires: None,
     })
 }
 
@@ -202,6 +203,7 @@ fn oversized_value_is_invalid_and_commits_nothing() {
         value: Bytes::from(vec![0; MAX_VALUE_LEN + 1]),
         version: VersionToken::from_u64(2),
         created: None,
+        expires: None,
     });
     let err = store
         .apply(&[put("small", b"s", 1), big], &WatchCursor::at(2))

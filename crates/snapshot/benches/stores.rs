@@ -20,6 +20,7 @@ fn put(i: u64, rev: u64) -> KvUpdate {
         value: Bytes::from(vec![(i % 251) as u8; 100]),
         version: VersionToken::from_u64(rev),
         created: None,
+        expires: None,
     })
 }
 

@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     value: Bytes::from(vec![(i % 251) as u8; 100]),
                     version: VersionToken::from_u64(i + 1),
                     created: None,
+                    expires: None,
                 })
             })
             .collect();

@@ -1,46 +1,77 @@
 //! What the LSM stores (fjall, RocksDB) share: the value record kept under
-//! each key (S6) `[version length: u8][version bytes][value bytes]`, the
+//! each key (S6) `[version length: u8][version bytes][value bytes]`, or,
+//! for an entry with a per-message expiry, the length byte's high bit set
+//! and the expiry (Unix nanoseconds, u64 LE) between version and value, the
 //! update limits, the fold totals kept next to the cursor, and recognising
 //! which backend's files a directory holds.
 
 use std::path::Path;
 
-use slipstream_kv::{KvUpdate, MAX_VERSION_LEN, VersionToken};
+use slipstream_kv::{KvUpdate, MAX_VERSION_LEN, Timestamp, VersionToken};
 
 use crate::applog::{LOG_FILE, MAX_KEY_LEN, MAX_VALUE_LEN};
 use crate::error::SnapshotError;
 use crate::store::EntryRef;
 
-/// Bytes a value record adds to the value: the length byte and the version.
+/// The length byte's flag for a record that carries an expiry. A version
+/// is at most [`MAX_VERSION_LEN`] (10) bytes, so records written before
+/// expiries were recorded never set it.
+const EXPIRES_FLAG: u8 = 0x80;
+
+/// Bytes a value record adds to the value: the length byte, the version
+/// and the expiry, if any.
 #[must_use]
-pub fn value_record_overhead(version: &VersionToken) -> usize {
-    1 + version.as_bytes().len()
+pub fn value_record_overhead(version: &VersionToken, expires: Option<Timestamp>) -> usize {
+    1 + version.as_bytes().len() + if expires.is_some() { 8 } else { 0 }
 }
 
-/// Encode `version` and `value` as one value record.
+/// Encode `version`, `expires` and `value` as one value record.
 #[must_use]
-pub fn encode_value_record(version: &VersionToken, value: &[u8]) -> Vec<u8> {
+pub fn encode_value_record(
+    version: &VersionToken,
+    expires: Option<Timestamp>,
+    value: &[u8],
+) -> Vec<u8> {
     let v = version.as_bytes();
-    let mut out = Vec::with_capacity(1 + v.len() + value.len());
-    // A version holds at most MAX_VERSION_LEN (10) bytes: its length fits a byte.
-    out.push(v.len() as u8);
+    let mut out = Vec::with_capacity(value_record_overhead(version, expires) + value.len());
+    // A version holds at most MAX_VERSION_LEN (10) bytes: its length fits
+    // below the flag bit.
+    let flag = if expires.is_some() { EXPIRES_FLAG } else { 0 };
+    out.push(v.len() as u8 | flag);
     out.extend_from_slice(v);
+    if let Some(at) = expires {
+        out.extend_from_slice(&at.as_unix_nanos().to_le_bytes());
+    }
     out.extend_from_slice(value);
     out
 }
 
-/// Decode a value record; `None` when the record is empty or its version
-/// length is over [`MAX_VERSION_LEN`] or past the end of the record.
+/// Decode a value record; `None` when the record is empty, its version
+/// length is over [`MAX_VERSION_LEN`], or the version or expiry runs past
+/// the end of the record.
 #[must_use]
 pub fn decode_value_record(record: &[u8]) -> Option<EntryRef<'_>> {
-    let (&len, rest) = record.split_first()?;
-    let len = usize::from(len);
+    let (&head, rest) = record.split_first()?;
+    let len = usize::from(head & !EXPIRES_FLAG);
     if len > MAX_VERSION_LEN || len > rest.len() {
         return None;
     }
-    let (version, value) = rest.split_at(len);
+    let (version, rest) = rest.split_at(len);
     let version = VersionToken::from_bytes(version).ok()?;
-    Some(EntryRef { value, version })
+    let (expires, value) = if head & EXPIRES_FLAG == 0 {
+        (None, rest)
+    } else {
+        let (at, value) = rest.split_first_chunk::<8>()?;
+        (
+            Some(Timestamp::from_unix_nanos(u64::from_le_bytes(*at))),
+            value,
+        )
+    };
+    Some(EntryRef {
+        value,
+        version,
+        expires,
+    })
 }
 
 /// Refuse an update no store can hold: a key over [`MAX_KEY_LEN`] bytes or a
@@ -157,10 +188,13 @@ mod tests {
             VersionToken::from_bytes(&[9; MAX_VERSION_LEN]).unwrap(),
         ] {
             for value in [&b""[..], b"x", b"hello world"] {
-                let rec = encode_value_record(&version, value);
-                assert_eq!(rec.len(), value_record_overhead(&version) + value.len());
-                let e = decode_value_record(&rec).unwrap();
-                assert_eq!((e.version, e.value), (version, value));
+                for expires in [None, Some(Timestamp::from_unix_nanos(u64::MAX - 3))] {
+                    let rec = encode_value_record(&version, expires, value);
+                    let overhead = value_record_overhead(&version, expires);
+                    assert_eq!(rec.len(), overhead + value.len());
+                    let e = decode_value_record(&rec).unwrap();
+                    assert_eq!((e.version, e.expires, e.value), (version, expires, value));
+                }
             }
         }
     }
@@ -170,6 +204,18 @@ mod tests {
         assert!(decode_value_record(&[]).is_none());
         assert!(decode_value_record(&[11; 20]).is_none());
         assert!(decode_value_record(&[8, 1, 2, 3]).is_none());
+        // An expiry flag with fewer than eight bytes after the version.
+        assert!(decode_value_record(&[0x81, 7, 1, 2, 3]).is_none());
+    }
+
+    #[test]
+    fn a_record_written_before_expiries_reads_as_never_expiring() {
+        let old = [1u8, 42, b'v'];
+        let e = decode_value_record(&old).unwrap();
+        assert_eq!(
+            (e.version, e.expires, e.value),
+            (VersionToken::from_bytes(&[42]).unwrap(), None, &b"v"[..])
+        );
     }
 
     #[test]
@@ -203,7 +249,7 @@ mod tests {
         #[test]
         fn decoding_arbitrary_value_records_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
             if let Some(e) = decode_value_record(&bytes) {
-                proptest::prop_assert_eq!(encode_value_record(&e.version, e.value), bytes);
+                proptest::prop_assert_eq!(encode_value_record(&e.version, e.expires, e.value), bytes);
             }
         }
     }

@@ -5,7 +5,7 @@ use core::ops::ControlFlow;
 use std::path::Path;
 
 use bytes::Bytes;
-use slipstream_kv::{KvUpdate, VersionToken, WatchCursor, WatchScope};
+use slipstream_kv::{KvUpdate, Timestamp, VersionToken, WatchCursor, WatchScope};
 
 use crate::artifact::{self, ArtifactManifest};
 use crate::error::SnapshotError;
@@ -46,6 +46,16 @@ pub struct StoredEntry {
     pub value: Bytes,
     /// The put's version (unknown when the update carried none).
     pub version: VersionToken,
+    /// When the entry expires (its per-message TTL), if it does.
+    pub expires: Option<Timestamp>,
+}
+
+impl StoredEntry {
+    /// Whether the entry has expired at `now`: readers never show it.
+    #[must_use]
+    pub fn is_expired_at(&self, now: Timestamp) -> bool {
+        self.expires.is_some_and(|at| at <= now)
+    }
 }
 
 /// A stored entry, borrowed from the store during a streaming iteration.
@@ -55,15 +65,24 @@ pub struct EntryRef<'a> {
     pub value: &'a [u8],
     /// The put's version.
     pub version: VersionToken,
+    /// When the entry expires, if it does.
+    pub expires: Option<Timestamp>,
 }
 
 impl EntryRef<'_> {
+    /// Whether the entry has expired at `now`.
+    #[must_use]
+    pub fn is_expired_at(&self, now: Timestamp) -> bool {
+        self.expires.is_some_and(|at| at <= now)
+    }
+
     /// An owned copy.
     #[must_use]
     pub fn to_owned_entry(&self) -> StoredEntry {
         StoredEntry {
             value: Bytes::copy_from_slice(self.value),
             version: self.version,
+            expires: self.expires,
         }
     }
 }

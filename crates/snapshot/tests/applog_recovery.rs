@@ -23,6 +23,7 @@ fn put(key: &str, value: &[u8], rev: u64) -> KvUpdate {
         value: Bytes::copy_from_slice(value),
         version: VersionToken::from_u64(rev),
         created: None,
+        expires: None,
     })
 }
 
@@ -255,12 +256,12 @@ fn wrong_magic_is_corrupted() {
 fn future_format_version_is_unsupported() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, _) = three_commits(&tmp);
-    edit(&dir, |b| b[8..12].copy_from_slice(&2u32.to_le_bytes()));
+    edit(&dir, |b| b[8..12].copy_from_slice(&3u32.to_le_bytes()));
     assert!(matches!(
         open(&dir),
         Err(SnapshotError::UnsupportedFormat {
-            found: 2,
-            supported: 1,
+            found: 3,
+            supported: 2,
             ..
         })
     ));
@@ -391,4 +392,61 @@ fn a_directory_holding_something_else_is_the_wrong_backend() {
         open(&dir),
         Err(SnapshotError::WrongBackend { .. })
     ));
+}
+
+/// One record framed as format 1 framed it: CRC over type, length and
+/// payload.
+fn frame_v1(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    let mut body = vec![kind];
+    body.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
+    body.extend_from_slice(payload);
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+#[test]
+fn a_log_written_before_expiries_opens_as_it_was_and_says_its_fold_lacks_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    fs::create_dir_all(&dir).unwrap();
+    // Format 1: header, two puts (key, version, value) and a format 1
+    // cursor at revision 2.
+    let mut log = b"SLPSTLOG".to_vec();
+    log.extend_from_slice(&1u32.to_le_bytes());
+    for (key, rev) in [("a", 1u8), ("b", 2)] {
+        let mut p = vec![1, 0, key.as_bytes()[0], 1, rev];
+        p.extend_from_slice(b"old");
+        frame_v1(&mut log, 1, &p);
+    }
+    let mut cursor = vec![1, 1];
+    cursor.extend_from_slice(&2u64.to_be_bytes());
+    frame_v1(&mut log, 3, &cursor);
+    fs::write(dir.join(LOG_FILE), &log).unwrap();
+
+    let (cursor, mut store) = open(&dir).unwrap();
+    assert_eq!(cursor.revision(), Some(2));
+    assert!(
+        cursor.expiries_unrecorded(),
+        "a format 1 fold must not pass for one with expiries"
+    );
+    let a = store.get("a").unwrap().unwrap();
+    assert_eq!((&a.value[..], a.expires), (&b"old"[..], None));
+    // Opened for writing, the log takes format 2's header before anything
+    // an older reader would misread is appended.
+    let header = fs::read(dir.join(LOG_FILE)).unwrap();
+    assert_eq!(header[8..12], 2u32.to_le_bytes());
+    let at = slipstream_kv::Timestamp::from_unix_nanos(77);
+    let ttl = KvUpdate::Put(KvEntry {
+        expires: Some(at),
+        ..match put("c", b"ttl", 3) {
+            KvUpdate::Put(e) => e,
+            _ => unreachable!(),
+        }
+    });
+    store.apply(&[ttl], &cursor.advanced(3, None)).unwrap();
+    drop(store);
+    let (cursor, store) = open(&dir).unwrap();
+    assert_eq!(store.get("c").unwrap().unwrap().expires, Some(at));
+    assert_eq!(store.get("b").unwrap().unwrap().expires, None);
+    assert!(cursor.expiries_unrecorded());
 }

@@ -112,6 +112,7 @@ impl KeyMapping {
                 value: message.payload.clone(),
                 version,
                 created,
+                expires: None,
             }),
         }
     }

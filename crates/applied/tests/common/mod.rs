@@ -419,6 +419,7 @@ pub fn put(key: &str, value: &'static [u8], revision: Option<u64>) -> Result<Wat
         value: Bytes::from_static(value),
         version: revision.map_or_else(VersionToken::unknown, VersionToken::from_u64),
         created: None,
+        expires: None,
     })))
 }
 

@@ -75,6 +75,7 @@ pub fn put(key: &str, value: &[u8], revision: u64) -> KvUpdate {
         value: Bytes::copy_from_slice(value),
         version: VersionToken::from_u64(revision),
         created: None,
+        expires: None,
     })
 }
 

@@ -6,6 +6,8 @@
 //! record = crc32 u32 LE | type u8 | payload length u32 LE | payload
 //!          (the CRC covers type, length and payload)
 //! put    = key length u16 LE | key | version length u8 (<= 10) | version | value
+//!        | key length u16 LE | key | (version length | 0x80) u8 | version
+//!          | expiry u64 LE (Unix nanoseconds) | value   (format 2: with a TTL)
 //! delete = key length u16 LE | key | version length u8 (<= 10) | version
 //! cursor = WatchCursor::to_bytes
 //! ```
@@ -13,12 +15,18 @@
 //! Each apply appends its data records followed by one cursor record; a
 //! group without its cursor record was never committed.
 
-use slipstream_kv::{MAX_VERSION_LEN, VersionToken, WatchCursor};
+use slipstream_kv::{MAX_VERSION_LEN, Timestamp, VersionToken, WatchCursor};
 
 /// The file's magic bytes.
 pub(crate) const MAGIC: [u8; 8] = *b"SLPSTLOG";
-/// The format version this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes. Format 2 adds the expiry a put
+/// may carry; format 1 logs are read as they are (no expiries) and take
+/// format 2's header when opened for writing.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The oldest format this build reads.
+pub(crate) const OLDEST_FORMAT: u32 = 1;
+/// The version length byte's flag for a put that carries an expiry.
+const EXPIRES_FLAG: u8 = 0x80;
 /// Magic plus version.
 pub(crate) const HEADER_LEN: usize = 12;
 /// CRC, type and payload length.
@@ -28,7 +36,7 @@ pub const MAX_VALUE_LEN: usize = 64 << 20;
 /// The longest key the format encodes.
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 /// The largest payload any record may have.
-pub(crate) const MAX_PAYLOAD_LEN: usize = MAX_VALUE_LEN + 2 + MAX_KEY_LEN + 1 + MAX_VERSION_LEN;
+pub(crate) const MAX_PAYLOAD_LEN: usize = MAX_VALUE_LEN + 2 + MAX_KEY_LEN + 1 + MAX_VERSION_LEN + 8;
 
 pub(crate) const TYPE_PUT: u8 = 1;
 pub(crate) const TYPE_DELETE: u8 = 2;
@@ -40,6 +48,7 @@ pub(crate) enum RecordRef<'a> {
     Put {
         key: &'a str,
         version: VersionToken,
+        expires: Option<Timestamp>,
         value: &'a [u8],
     },
     Delete {
@@ -56,8 +65,14 @@ pub(crate) fn header() -> [u8; HEADER_LEN] {
 }
 
 /// Encoded size of a put record.
-pub(crate) fn put_record_len(key: &str, version: &VersionToken, value: &[u8]) -> u64 {
-    (FRAME_HEADER_LEN + 2 + key.len() + 1 + version.as_bytes().len() + value.len()) as u64
+pub(crate) fn put_record_len(
+    key: &str,
+    version: &VersionToken,
+    expires: Option<Timestamp>,
+    value: &[u8],
+) -> u64 {
+    let expiry = if expires.is_some() { 8 } else { 0 };
+    (FRAME_HEADER_LEN + 2 + key.len() + 1 + version.as_bytes().len() + expiry + value.len()) as u64
 }
 
 /// Append a framed record whose payload `fill` writes.
@@ -73,24 +88,34 @@ fn frame(out: &mut Vec<u8>, kind: u8, fill: impl FnOnce(&mut Vec<u8>)) {
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn key_and_version(out: &mut Vec<u8>, key: &str, version: &VersionToken) {
+fn key_and_version(out: &mut Vec<u8>, key: &str, version: &VersionToken, flag: u8) {
     // Callers check `key.len() <= MAX_KEY_LEN`.
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
     out.extend_from_slice(key.as_bytes());
     let v = version.as_bytes();
-    out.push(v.len() as u8);
+    out.push(v.len() as u8 | flag);
     out.extend_from_slice(v);
 }
 
-pub(crate) fn encode_put(out: &mut Vec<u8>, key: &str, version: &VersionToken, value: &[u8]) {
+pub(crate) fn encode_put(
+    out: &mut Vec<u8>,
+    key: &str,
+    version: &VersionToken,
+    expires: Option<Timestamp>,
+    value: &[u8],
+) {
     frame(out, TYPE_PUT, |o| {
-        key_and_version(o, key, version);
+        let flag = if expires.is_some() { EXPIRES_FLAG } else { 0 };
+        key_and_version(o, key, version, flag);
+        if let Some(at) = expires {
+            o.extend_from_slice(&at.as_unix_nanos().to_le_bytes());
+        }
         o.extend_from_slice(value);
     });
 }
 
 pub(crate) fn encode_delete(out: &mut Vec<u8>, key: &str, version: &VersionToken) {
-    frame(out, TYPE_DELETE, |o| key_and_version(o, key, version));
+    frame(out, TYPE_DELETE, |o| key_and_version(o, key, version, 0));
 }
 
 pub(crate) fn encode_cursor(out: &mut Vec<u8>, cursor: &WatchCursor) {
@@ -124,16 +149,30 @@ pub(crate) fn decode_payload(kind: u8, payload: &[u8]) -> Result<RecordRef<'_>, 
             .map(RecordRef::Cursor)
             .map_err(|_| "cursor record does not decode"),
         TYPE_PUT | TYPE_DELETE => {
-            let (key, version, rest) = decode_key_and_version(payload)?;
+            let (key, version, flag, rest) = decode_key_and_version(payload)?;
             if kind == TYPE_PUT {
+                let (expires, rest) = if flag == 0 {
+                    (None, rest)
+                } else {
+                    let (at, rest) = rest
+                        .split_first_chunk::<8>()
+                        .ok_or("expiry runs past the record")?;
+                    (
+                        Some(Timestamp::from_unix_nanos(u64::from_le_bytes(*at))),
+                        rest,
+                    )
+                };
                 if rest.len() > MAX_VALUE_LEN {
                     return Err("value over the 64 MiB ceiling");
                 }
                 Ok(RecordRef::Put {
                     key,
                     version,
+                    expires,
                     value: rest,
                 })
+            } else if flag != 0 {
+                Err("delete record carries an expiry")
             } else if rest.is_empty() {
                 Ok(RecordRef::Delete { key })
             } else {
@@ -144,7 +183,8 @@ pub(crate) fn decode_payload(kind: u8, payload: &[u8]) -> Result<RecordRef<'_>, 
     }
 }
 
-fn decode_key_and_version(p: &[u8]) -> Result<(&str, VersionToken, &[u8]), &'static str> {
+/// Key, version, the version length's flag bits, and the rest.
+fn decode_key_and_version(p: &[u8]) -> Result<(&str, VersionToken, u8, &[u8]), &'static str> {
     let (len, rest) = p.split_first_chunk::<2>().ok_or("record too short")?;
     let len = usize::from(u16::from_le_bytes(*len));
     if rest.len() < len {
@@ -152,14 +192,15 @@ fn decode_key_and_version(p: &[u8]) -> Result<(&str, VersionToken, &[u8]), &'sta
     }
     let (key, rest) = rest.split_at(len);
     let key = core::str::from_utf8(key).map_err(|_| "key is not UTF-8")?;
-    let (&vlen, rest) = rest.split_first().ok_or("record too short")?;
-    let vlen = usize::from(vlen);
+    let (&head, rest) = rest.split_first().ok_or("record too short")?;
+    let flag = head & EXPIRES_FLAG;
+    let vlen = usize::from(head & !EXPIRES_FLAG);
     if vlen > MAX_VERSION_LEN || rest.len() < vlen {
         return Err("bad version length");
     }
     let (v, rest) = rest.split_at(vlen);
     let version = VersionToken::from_bytes(v).map_err(|_| "bad version length")?;
-    Ok((key, version, rest))
+    Ok((key, version, flag, rest))
 }
 
 /// Whether a complete, CRC-valid, decodable record starts at `buf[0]`.

@@ -1,4 +1,5 @@
-//! The in-memory fold of the append-log store: key -> (version, value),
+//! The in-memory fold of the append-log store: key -> (version, expiry,
+//! value),
 //! packed to keep memory close to the live data: keys up to 24 bytes live
 //! inline in the map, and version and value share one allocation.
 
@@ -6,30 +7,61 @@ use core::ops::Bound;
 use std::collections::BTreeMap;
 
 use compact_str::CompactString;
-use slipstream_kv::VersionToken;
+use slipstream_kv::{Timestamp, VersionToken};
 
 use super::codec;
 use crate::store::EntryRef;
 
-/// One allocation per entry: `[version length][version][value]`.
+/// One allocation per entry: `[version length | expiry flag][version]
+/// [expiry u64, when flagged][value]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Packed(Box<[u8]>);
 
+/// The length byte's flag for an entry with an expiry.
+const EXPIRES: u8 = 0x80;
+
 impl Packed {
-    fn new(version: &VersionToken, value: &[u8]) -> Self {
+    fn new(version: &VersionToken, expires: Option<Timestamp>, value: &[u8]) -> Self {
         let v = version.as_bytes();
-        let mut buf = Vec::with_capacity(1 + v.len() + value.len());
-        // A version is at most 10 bytes: the length fits a byte.
-        buf.push(v.len() as u8);
+        let mut buf = Vec::with_capacity(1 + v.len() + 8 + value.len());
+        // A version is at most 10 bytes: the length fits below the flag.
+        let flag = if expires.is_some() { EXPIRES } else { 0 };
+        buf.push(v.len() as u8 | flag);
         buf.extend_from_slice(v);
+        if let Some(at) = expires {
+            buf.extend_from_slice(&at.as_unix_nanos().to_le_bytes());
+        }
         buf.extend_from_slice(value);
         Self(buf.into_boxed_slice())
     }
 
-    fn split(&self) -> (VersionToken, &[u8]) {
-        let len = usize::from(self.0[0]);
+    fn split(&self) -> EntryRef<'_> {
+        let head = self.0[0];
+        let len = usize::from(head & !EXPIRES);
         let version = VersionToken::from_bytes(&self.0[1..=len]).unwrap_or_default();
-        (version, &self.0[1 + len..])
+        let rest = &self.0[1 + len..];
+        let (expires, value) = match rest.split_first_chunk::<8>() {
+            Some((at, value)) if head & EXPIRES != 0 => (
+                Some(Timestamp::from_unix_nanos(u64::from_le_bytes(*at))),
+                value,
+            ),
+            _ => (None, rest),
+        };
+        EntryRef {
+            value,
+            version,
+            expires,
+        }
+    }
+
+    /// The bytes of version, expiry and value.
+    fn data_len(&self) -> usize {
+        self.0.len() - 1
+    }
+
+    fn record_len(&self, key: &str) -> u64 {
+        let e = self.split();
+        codec::put_record_len(key, &e.version, e.expires, e.value)
     }
 }
 
@@ -44,17 +76,22 @@ pub(crate) struct Fold {
 }
 
 impl Fold {
-    pub(crate) fn put(&mut self, key: &str, version: &VersionToken, value: &[u8]) {
-        let packed = Packed::new(version, value);
-        let added = codec::put_record_len(key, version, value);
+    pub(crate) fn put(
+        &mut self,
+        key: &str,
+        version: &VersionToken,
+        expires: Option<Timestamp>,
+        value: &[u8],
+    ) {
+        let packed = Packed::new(version, expires, value);
+        let added = codec::put_record_len(key, version, expires, value);
         if let Some(slot) = self.map.get_mut(key) {
-            let (old_v, old_val) = slot.split();
-            self.image_bytes -= codec::put_record_len(key, &old_v, old_val);
-            self.live_bytes -= (key.len() + slot.0.len() - 1) as u64;
-            self.live_bytes += (key.len() + packed.0.len() - 1) as u64;
+            self.image_bytes -= slot.record_len(key);
+            self.live_bytes -= (key.len() + slot.data_len()) as u64;
+            self.live_bytes += (key.len() + packed.data_len()) as u64;
             *slot = packed;
         } else {
-            self.live_bytes += (key.len() + packed.0.len() - 1) as u64;
+            self.live_bytes += (key.len() + packed.data_len()) as u64;
             self.map.insert(key.into(), packed);
         }
         self.image_bytes += added;
@@ -62,17 +99,13 @@ impl Fold {
 
     pub(crate) fn remove(&mut self, key: &str) {
         if let Some(old) = self.map.remove(key) {
-            let (v, val) = old.split();
-            self.image_bytes -= codec::put_record_len(key, &v, val);
-            self.live_bytes -= (key.len() + old.0.len() - 1) as u64;
+            self.image_bytes -= old.record_len(key);
+            self.live_bytes -= (key.len() + old.data_len()) as u64;
         }
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<EntryRef<'_>> {
-        self.map.get(key).map(|p| {
-            let (version, value) = p.split();
-            EntryRef { value, version }
-        })
+        self.map.get(key).map(Packed::split)
     }
 
     pub(crate) fn range<'a>(
@@ -82,10 +115,7 @@ impl Fold {
         self.map
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(k, _)| k.starts_with(prefix))
-            .map(|(k, p)| {
-                let (version, value) = p.split();
-                (&**k, EntryRef { value, version })
-            })
+            .map(|(k, p)| (&**k, p.split()))
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -112,16 +142,22 @@ pub(crate) struct FoldBuilder {
 }
 
 impl FoldBuilder {
-    pub(crate) fn put(&mut self, key: &str, version: &VersionToken, value: &[u8]) {
+    pub(crate) fn put(
+        &mut self,
+        key: &str,
+        version: &VersionToken,
+        expires: Option<Timestamp>,
+        value: &[u8],
+    ) {
         let ascending = self.run.last().is_none_or(|(last, _)| key > &**last);
         if ascending && self.fold.map.is_empty() {
-            self.fold.image_bytes += codec::put_record_len(key, version, value);
-            let packed = Packed::new(version, value);
-            self.fold.live_bytes += (key.len() + packed.0.len() - 1) as u64;
+            self.fold.image_bytes += codec::put_record_len(key, version, expires, value);
+            let packed = Packed::new(version, expires, value);
+            self.fold.live_bytes += (key.len() + packed.data_len()) as u64;
             self.run.push((key.into(), packed));
         } else {
             self.flush();
-            self.fold.put(key, version, value);
+            self.fold.put(key, version, expires, value);
         }
     }
 
@@ -163,9 +199,10 @@ mod tests {
                 let key = if i < ops.len() / 2 { format!("a{i:04}") } else { format!("b{k:02}") };
                 let version = VersionToken::from_u64(i as u64);
                 let value = vec![*k; *len];
+                let expires = (k % 3 == 0).then(|| Timestamp::from_unix_nanos(u64::from(*k)));
                 if *is_put || i < ops.len() / 2 {
-                    plain.put(&key, &version, &value);
-                    builder.put(&key, &version, &value);
+                    plain.put(&key, &version, expires, &value);
+                    builder.put(&key, &version, expires, &value);
                 } else {
                     plain.remove(&key);
                     builder.remove(&key);

@@ -20,7 +20,9 @@ use std::io::{self, Read};
 
 use slipstream_kv::WatchCursor;
 
-use super::codec::{self, FORMAT_VERSION, FRAME_HEADER_LEN, HEADER_LEN, MAGIC, RecordRef};
+use super::codec::{
+    self, FORMAT_VERSION, FRAME_HEADER_LEN, HEADER_LEN, MAGIC, OLDEST_FORMAT, RecordRef,
+};
 use super::fold::{Fold, FoldBuilder};
 
 /// What an open found in a log.
@@ -33,6 +35,8 @@ pub(crate) struct Scanned {
     pub(crate) valid_end: u64,
     /// Whether the file needs its header written (it was empty).
     pub(crate) empty: bool,
+    /// The format version its header names.
+    pub(crate) format: u32,
 }
 
 /// Whether a scan builds the fold or only checks the log.
@@ -66,8 +70,9 @@ impl Group {
                 Ok(RecordRef::Put {
                     key,
                     version,
+                    expires,
                     value,
-                }) => fold.put(key, &version, value),
+                }) => fold.put(key, &version, expires, value),
                 Ok(RecordRef::Delete { key }) => fold.remove(key),
                 Ok(RecordRef::Cursor(_)) | Err(_) => {}
             }
@@ -116,12 +121,13 @@ pub(crate) fn scan<R: Read>(
         });
     }
     let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&version) {
         return Err(ScanError::UnsupportedFormat(version));
     }
 
     let mut out = Scanned {
         valid_end: HEADER_LEN as u64,
+        format: version,
         ..Scanned::default()
     };
     let mut group = Group::default();
@@ -233,8 +239,10 @@ mod tests {
                 let version = slipstream_kv::VersionToken::from_u64(rev);
                 if is_put {
                     let value = vec![k; usize::from(k % 7) * 5];
-                    codec::encode_put(&mut bytes, &key, &version, &value);
-                    fold.put(&key, &version, &value);
+                    let expires =
+                        (k % 2 == 0).then(|| slipstream_kv::Timestamp::from_unix_nanos(rev));
+                    codec::encode_put(&mut bytes, &key, &version, expires, &value);
+                    fold.put(&key, &version, expires, &value);
                 } else {
                     codec::encode_delete(&mut bytes, &key, &version);
                     fold.remove(&key);

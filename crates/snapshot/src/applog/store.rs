@@ -157,7 +157,7 @@ fn write_image(path: &Path, fold: &Fold, cursor: &WatchCursor) -> Result<u64, Sn
     let mut len = codec::HEADER_LEN as u64;
     for (key, entry) in fold.range("") {
         rec.clear();
-        codec::encode_put(&mut rec, key, &entry.version, entry.value);
+        codec::encode_put(&mut rec, key, &entry.version, entry.expires, entry.value);
         w.write_all(&rec).map_err(io)?;
         len += rec.len() as u64;
     }
@@ -279,7 +279,15 @@ impl SnapshotStore for AppendLogStore {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| SnapshotError::io("write header", &path, e))?;
             len = codec::HEADER_LEN as u64;
-        } else if len < total {
+        } else if scanned.format < codec::FORMAT_VERSION {
+            // Every older log is a valid log of this format: take its
+            // header before appending records an older reader would
+            // misread as a torn tail.
+            file.write_all_at(&codec::header(), 0)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| SnapshotError::io("write header", &path, e))?;
+        }
+        if !scanned.empty && len < total {
             // The torn tail goes before any append can land behind it.
             tracing::warn!(log = ?path, kept = len, dropped = total - len, "dropping torn tail of append-log");
             file.set_len(len)
@@ -328,7 +336,9 @@ impl SnapshotStore for AppendLogStore {
         buf.clear();
         for update in batch {
             match update {
-                KvUpdate::Put(e) => codec::encode_put(&mut buf, &e.key, &e.version, &e.value),
+                KvUpdate::Put(e) => {
+                    codec::encode_put(&mut buf, &e.key, &e.version, e.expires, &e.value);
+                }
                 KvUpdate::Delete(m) | KvUpdate::Purge(m) => {
                     codec::encode_delete(&mut buf, &m.key, &m.version);
                 }
@@ -356,7 +366,7 @@ impl SnapshotStore for AppendLogStore {
         self.len += appended;
         for update in batch {
             match update {
-                KvUpdate::Put(e) => self.fold.put(&e.key, &e.version, &e.value),
+                KvUpdate::Put(e) => self.fold.put(&e.key, &e.version, e.expires, &e.value),
                 KvUpdate::Delete(m) | KvUpdate::Purge(m) => self.fold.remove(&m.key),
             }
         }

@@ -26,6 +26,7 @@ fn put(key: &str, value: &[u8], rev: u64) -> KvUpdate {
         value: Bytes::copy_from_slice(value),
         version: VersionToken::from_u64(rev),
         created: None,
+        expires: None,
     })
 }
 
@@ -33,6 +34,7 @@ fn entry(value: &[u8], rev: u64) -> StoredEntry {
     StoredEntry {
         value: Bytes::copy_from_slice(value),
         version: VersionToken::from_u64(rev),
+        expires: None,
     }
 }
 
@@ -263,6 +265,7 @@ pub fn empty_and_large_values_round_trip<S: SnapshotStore>(options: OptionsFor<S
         value: Bytes::from_static(b"v"),
         version: VersionToken::unknown(),
         created: None,
+        expires: None,
     });
     apply(
         &mut store,

@@ -111,6 +111,7 @@ pub fn import_rejects_hostile_artifact<S: SnapshotStore>(
                     value: Bytes::from(vec![(i % 256) as u8; 64]),
                     version: VersionToken::from_u64(i),
                     created: None,
+                    expires: None,
                 })
             })
             .collect();

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use slipstream_kv::{KvEntry, KvMarker, KvUpdate, VersionToken};
+use slipstream_kv::{KvEntry, KvMarker, KvUpdate, Timestamp, VersionToken};
 
 use crate::store::StoredEntry;
 
@@ -45,6 +45,9 @@ pub fn update_at(seed: u64, index: u64, keyspace: u64) -> KvUpdate {
                 value: Bytes::from(value),
                 version,
                 created: None,
+                // Some entries carry an expiry, so every store's round trip
+                // of it is checked against the oracle.
+                expires: h.is_multiple_of(5).then(|| Timestamp::from_unix_nanos(h >> 8)),
             })
         }
         70..85 => KvUpdate::Delete(marker(version)),
@@ -72,6 +75,7 @@ pub fn replay<'a>(
                     StoredEntry {
                         value: e.value.clone(),
                         version: e.version,
+                        expires: e.expires,
                     },
                 );
             }
