@@ -962,6 +962,36 @@ for_each_store!(ttl_expiry_while_down_on_nats_py:
     fjall_a_ttl_that_expires_unmarked_while_the_node_is_down_leaves_the_fold,
     rocksdb_a_ttl_that_expires_unmarked_while_the_node_is_down_leaves_the_fold);
 
+/// A nats-py bucket again, with the node running: the server expires `t`
+/// without a marker, so nothing reaches the watch. The entry leaves the
+/// fold when the expiry its put carried passes (through `apply`), not at
+/// some later write or restart.
+async fn ttl_expiry_while_running_on_nats_py<S: SnapshotStore>(label: &str) {
+    let live = Live::start_foreign(label, Client::Python).await;
+    let a = live.put("a", "v1").await;
+    let (_, store) = open_store::<S>(&live.fold_dir()).await;
+    let app = App::resuming(&store);
+    let mut node = start_node(&live, store, &app, plain);
+    wait_applied(&mut node, a).await;
+    let t = put_expiring(&live).await;
+    wait_applied(&mut node, t).await;
+    assert!(app.fold().contains_key("t"));
+    assert!(
+        slipstream_it::wait_until(harness::BOUND, || async { !app.fold().contains_key("t") }).await,
+        "the expired `t` left the running node's fold"
+    );
+    wait_status(&mut node, |s| s.expired == 1 && s.applied == Some(t)).await;
+    assert_eq!(live.stream_last().await, t, "no marker on nats-py");
+    let store = stop(node).await;
+    assert!(!fold_of(&store).contains_key("t"));
+    assert_converged(&live, &store, &app).await;
+}
+
+for_each_store!(ttl_expiry_while_running_on_nats_py:
+    append_log_a_ttl_that_expires_unmarked_while_the_node_runs_leaves_the_fold,
+    fjall_a_ttl_that_expires_unmarked_while_the_node_runs_leaves_the_fold,
+    rocksdb_a_ttl_that_expires_unmarked_while_the_node_runs_leaves_the_fold);
+
 /// How long the hot-key tests' writers run; the benchmark runs 20 s.
 const HOT_FOR: Duration = Duration::from_secs(3);
 

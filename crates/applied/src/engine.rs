@@ -28,6 +28,7 @@ use crate::export::{ExportRequest, ExportRequests};
 use crate::handlers::Handlers;
 use crate::slot::StoreSlot;
 use crate::status::{Phase, Reporter, WatchStatus};
+use crate::ttl::{Expiries, deadline_for};
 
 /// The open batch, plus raw updates of failed commits waiting in front of
 /// it (E4).
@@ -110,6 +111,7 @@ enum Event<C> {
     WindowElapsed,
     RetryCommit,
     RefreshStatus,
+    ExpiryDue,
     Item(Option<Result<WatchEvent, KvError>>),
 }
 
@@ -170,6 +172,11 @@ pub(crate) struct Engine<W, S, P, A, O, T> {
     window_armed: bool,
     retry: Pin<Box<Sleep>>,
     retry_armed: bool,
+    /// The fold's keys that expire (per-message TTL).
+    pub(crate) expiries: Expiries,
+    expiry_timer: Pin<Box<Sleep>>,
+    /// The expiry the timer is set for.
+    expiry_armed: Option<Timestamp>,
 }
 
 impl<W, S, P, A, O, T> Engine<W, S, P, A, O, T>
@@ -224,6 +231,9 @@ where
             window_armed: false,
             retry: Box::pin(sleep(config.retry.initial_backoff)),
             retry_armed: false,
+            expiries: Expiries::default(),
+            expiry_timer: Box::pin(sleep(Duration::ZERO)),
+            expiry_armed: None,
             config,
         }
     }
@@ -259,6 +269,13 @@ where
         self.reporter.applied(self.committed.revision());
         // Not caught up yet: the start's read only seeds the status and memo.
         self.refresh_retention(false).await?;
+        self.load_expiries().await?;
+        if self.applied.expiries_unrecorded() {
+            let allows_ttl = self.eviction.is_none_or(|e| e.per_message_ttl);
+            if !self.record_missing_expiries(allows_ttl).await? {
+                return self.stop(StopReason::Shutdown).await;
+            }
+        }
         if self.applied.revision().is_none()
             && self.cursorless_start().await? == AfterExpiry::Shutdown
         {
@@ -441,6 +458,8 @@ where
         loop {
             let exports_open = self.exports.is_some();
             let committing = self.in_flight.is_some();
+            self.arm_expiry();
+            let expiring = self.expiry_armed.is_some();
             let event = tokio::select! {
                 biased;
                 () = &mut cancelled => Event::Shutdown,
@@ -454,6 +473,7 @@ where
                 () = &mut self.window, if self.window_armed => Event::WindowElapsed,
                 () = &mut self.retry, if self.retry_armed => Event::RetryCommit,
                 () = &mut refresh => Event::RefreshStatus,
+                () = &mut self.expiry_timer, if expiring => Event::ExpiryDue,
                 item = stream.next() => Event::Item(item),
             };
             match event {
@@ -465,7 +485,12 @@ where
                 Event::Export(None) => self.exports = None,
                 Event::Export(Some(request)) => self.serve_export(request).await?,
                 Event::WindowElapsed | Event::RetryCommit => self.flush().await?,
+                Event::ExpiryDue => {
+                    self.expiry_armed = None;
+                    self.expire_due().await?;
+                }
                 Event::RefreshStatus => {
+                    self.expire_due().await?;
                     let check = self.refresh_retention(self.reporter.is_ready()).await?;
                     // While a relist waits for quiet, look again soon.
                     let next = if self.applied.repair_due() {
@@ -634,6 +659,7 @@ where
     /// the open batch: no replay filter and no cursor movement, because a
     /// repair's updates are not deliveries; true when the batch is full.
     pub(crate) fn receive_repair(&mut self, update: KvUpdate) -> bool {
+        self.expiries.note(&update);
         self.pending.count += 1;
         if let Some(item) = (self.handlers.parse)(&update) {
             self.pending.parsed.push(item);
@@ -653,6 +679,7 @@ where
             self.reporter.replay_dropped();
             return false;
         }
+        self.expiries.note(&update);
         if self.pending.count == 0 {
             let deadline = Instant::now() + self.config.batch.window;
             self.window.as_mut().reset(deadline);
@@ -671,6 +698,27 @@ where
             self.pending.raw.push(update);
         }
         self.pending.count >= self.config.batch.max
+    }
+
+    /// Take an update for the store alone: it changes nothing the
+    /// application sees (an expiry learnt for an entry it holds).
+    pub(crate) fn receive_store_only(&mut self, update: KvUpdate) {
+        self.expiries.note(&update);
+        if S::DURABLE {
+            self.pending.raw.push(update);
+        }
+    }
+
+    /// Point the expiry timer at the soonest expiry, if it moved.
+    fn arm_expiry(&mut self) {
+        let next = self.expiries.next();
+        if next != self.expiry_armed {
+            if let Some(at) = next {
+                let now = self.watcher.now();
+                self.expiry_timer.as_mut().reset(deadline_for(at, now));
+            }
+            self.expiry_armed = next;
+        }
     }
 
     /// Close the open batch: apply, move the cursor, start its commit (E3).
@@ -703,6 +751,10 @@ where
         }
         if let Some(rev) = self.applied.revision() {
             self.reporter.stream_last(rev);
+        }
+        let expiring = !self.expiries.is_empty();
+        if self.applied.holds_expiring() != expiring {
+            self.applied = self.applied.clone().with_holds_expiring(expiring);
         }
         if S::DURABLE {
             self.commit().await
@@ -859,7 +911,7 @@ where
     /// repair due: only where a repair answers it. A node that stops on
     /// expiry (or has no store) would otherwise stop on supersession, so it
     /// goes on there, as K11 generalised expects of a gap.
-    fn repairs_gaps(&self) -> bool {
+    pub(crate) fn repairs_gaps(&self) -> bool {
         S::DURABLE && matches!(self.on_expiry_policy(), OnExpiry::Repair(_))
     }
 

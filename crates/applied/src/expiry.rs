@@ -292,7 +292,7 @@ where
     }
 
     /// Whether the fold holds any key in scope.
-    async fn fold_has_data(&mut self) -> Result<bool, AppliedError> {
+    pub(crate) async fn fold_has_data(&mut self) -> Result<bool, AppliedError> {
         if !S::DURABLE {
             return Ok(false);
         }
@@ -484,7 +484,7 @@ where
     /// Merge-join the fold's in-scope keys (key order) with the sorted
     /// listing on a blocking thread: the in-scope fold size and the keys
     /// that vanished from the bucket. Only those keys are held in memory.
-    async fn vanished_keys(
+    pub(crate) async fn vanished_keys(
         &mut self,
         listed: KeySorter,
     ) -> Result<(u64, Vec<String>), AppliedError> {

@@ -85,6 +85,7 @@ mod slot;
 mod source;
 mod spill;
 mod status;
+mod ttl;
 
 pub use applied::{AppliedWatch, Finished, StopReason, Stopped};
 pub use config::{

@@ -408,7 +408,7 @@ where
                         value: entry.value,
                         version: entry.version,
                         created: None,
-                        expires: None,
+                        expires: entry.expires,
                     }));
                 }
             }

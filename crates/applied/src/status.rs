@@ -41,6 +41,9 @@ pub struct WatchStatus {
     /// generalised). Until then the fold may hold a key a writer's TTL or
     /// a purged delete removed. As committed with the cursor.
     pub repair_due: bool,
+    /// Entries removed because their per-message TTL passed, since the
+    /// watch started.
+    pub expired: u64,
 }
 
 impl WatchStatus {
@@ -52,6 +55,7 @@ impl WatchStatus {
             lag: None,
             replays_dropped: 0,
             repair_due: false,
+            expired: 0,
         }
     }
 
@@ -77,6 +81,7 @@ pub(crate) struct Reporter {
     guard_trips: Counter,
     store_failures: Counter,
     rewatches: Counter,
+    expired: Counter,
 }
 
 impl Reporter {
@@ -93,6 +98,7 @@ impl Reporter {
             guard_trips: metrics::counter!("slipstream_applied_guard_trips_total", &label),
             store_failures: metrics::counter!("slipstream_applied_store_failures_total", &label),
             rewatches: metrics::counter!("slipstream_applied_rewatches_total", &label),
+            expired: metrics::counter!("slipstream_applied_expired_total", &label),
         }
     }
 
@@ -182,6 +188,12 @@ impl Reporter {
             "kind" => kind
         )
         .increment(1);
+    }
+
+    pub(crate) fn expired(&self, entries: usize) {
+        let n = u64::try_from(entries).unwrap_or(u64::MAX);
+        self.expired.increment(n);
+        self.tx.send_modify(|s| s.expired += n);
     }
 
     pub(crate) fn store_failure(&self) {

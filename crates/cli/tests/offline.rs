@@ -188,6 +188,61 @@ fn status_reports_backend_cursor_and_key_count() {
     assert_eq!(field("memo: seen evicting"), "no");
 }
 
+/// A stopped node's fold with one entry past its per-message expiry, one
+/// that expires in an hour, and one that never does.
+fn fold_with_an_expired_entry(dir: &std::path::Path) {
+    use slipstream::{AppendLogOptions, AppendLogStore, KvUpdate, SnapshotStore, WatchCursor};
+    let now = slipstream::Timestamp::now();
+    let with_expiry = |key: &str, rev, at| match put(key, b"v", rev) {
+        KvUpdate::Put(e) => KvUpdate::Put(slipstream::KvEntry {
+            expires: Some(at),
+            ..e
+        }),
+        other => other,
+    };
+    let updates = [
+        with_expiry("gone", 1, slipstream::Timestamp::from_unix_nanos(1)),
+        with_expiry("later", 2, now.plus(std::time::Duration::from_secs(3600))),
+        put("kept", b"v", 3),
+    ];
+    let (_, mut store) = AppendLogStore::open(dir, &AppendLogOptions::default()).unwrap();
+    let cursor = WatchCursor::at(3).with_holds_expiring(true);
+    store.apply(&updates, &cursor).unwrap();
+    store.close().unwrap();
+}
+
+#[test]
+fn dump_never_shows_an_entry_past_its_expiry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fold");
+    fold_with_an_expired_entry(&dir);
+    let doc: Value = serde_json::from_str(&run(&["dump", "--store", s(&dir)]).ok()).unwrap();
+    let keys: Vec<_> = doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, ["kept", "later"]);
+}
+
+#[test]
+fn status_counts_an_expired_entry_apart_from_the_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fold");
+    fold_with_an_expired_entry(&dir);
+    let out = run(&["status", "--store", s(&dir)]).ok();
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name).map(str::trim))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_owned()
+    };
+    assert_eq!(field("keys"), "2");
+    assert_eq!(field("expired"), "1 (removed when the mirror next runs)");
+    assert_eq!(field("memo: expiries"), "recorded");
+}
+
 #[test]
 fn status_with_server_but_no_known_bucket_is_a_usage_error() {
     let tmp = tempfile::tempdir().unwrap();

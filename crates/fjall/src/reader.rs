@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fjall::Keyspace;
-use slipstream_kv::WatchCursor;
+use slipstream_kv::{Timestamp, WatchCursor};
 use slipstream_snapshot::{EntryRef, SnapshotError, StoredEntry, decode_value_record};
 
 use crate::error::{FjallStoreError, engine};
@@ -14,6 +14,10 @@ use crate::store::CURSOR_KEY;
 
 /// A cloneable, `Send + Sync` read handle on a [`FjallStore`](crate::FjallStore)'s
 /// fold, for readers on other threads while the store applies.
+///
+/// An entry whose per-message expiry (`Nats-TTL`) has passed by the wall
+/// clock is not shown: the engine removes it, and until it has (or while
+/// the node is stopped) the handle hides it.
 ///
 /// Each call sees some committed state (a range iteration sees one
 /// consistent state throughout). A handle keeps the database open: the
@@ -40,7 +44,8 @@ impl FjallReader {
     /// fjall read failures, [`SnapshotError::Corrupted`] for an undecodable
     /// record.
     pub fn get(&self, key: &str) -> Result<Option<StoredEntry>, SnapshotError> {
-        get(&self.data, &self.dir, key)
+        let now = Timestamp::now();
+        Ok(get(&self.data, &self.dir, key)?.filter(|e| !e.is_expired_at(now)))
     }
 
     /// Call `f` for every key starting with `prefix`, in key order, until it
@@ -54,7 +59,14 @@ impl FjallReader {
         prefix: &str,
         f: &mut dyn FnMut(&str, EntryRef<'_>) -> ControlFlow<()>,
     ) -> Result<bool, SnapshotError> {
-        for_each_in_range(&self.data, &self.dir, prefix, f)
+        let now = Timestamp::now();
+        for_each_in_range(&self.data, &self.dir, prefix, &mut |key, entry| {
+            if entry.is_expired_at(now) {
+                ControlFlow::Continue(())
+            } else {
+                f(key, entry)
+            }
+        })
     }
 
     /// Every `(key, entry)` with a key starting with `prefix`, in key order.

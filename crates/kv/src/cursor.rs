@@ -86,6 +86,7 @@ struct CursorMemo {
     unchecked_floor: Option<u64>,
     repair_due: bool,
     expiries_unrecorded: bool,
+    holds_expiring: bool,
 }
 
 impl CursorMemo {
@@ -96,6 +97,7 @@ impl CursorMemo {
             && self.unchecked_floor.is_none()
             && !self.repair_due
             && !self.expiries_unrecorded
+            && !self.holds_expiring
     }
 }
 
@@ -126,7 +128,9 @@ const FLAG_MESSAGE_TIME: u8 = 1 << 3;
 const FLAG_UNCHECKED_FLOOR: u8 = 1 << 4;
 const FLAG_REPAIR_DUE: u8 = 1 << 5;
 const FLAG_EXPIRIES_UNRECORDED: u8 = 1 << 6;
+const FLAG_HOLDS_EXPIRING: u8 = 1 << 7;
 const KNOWN_FLAGS: u8 = FLAG_EXPIRIES_UNRECORDED
+    | FLAG_HOLDS_EXPIRING
     | FLAG_REVISION
     | FLAG_SEEN_EVICTING
     | FLAG_IDENTITY
@@ -232,6 +236,20 @@ impl WatchCursor {
         self
     }
 
+    /// Whether the fold may hold entries with a per-message expiry: a node
+    /// starting from this cursor reads the fold's expiries only then.
+    #[must_use]
+    pub fn holds_expiring(&self) -> bool {
+        self.memo.as_ref().is_some_and(|m| m.holds_expiring)
+    }
+
+    /// Record whether the fold holds entries with an expiry.
+    #[must_use]
+    pub fn with_holds_expiring(mut self, holds: bool) -> Self {
+        self.update_memo(|m| m.holds_expiring = holds);
+        self
+    }
+
     /// The same memo at a new revision and message time. The rest of the
     /// memo (`seen_evicting`, identity, an unchecked floor) carries over.
     #[must_use]
@@ -306,6 +324,9 @@ impl WatchCursor {
         if self.expiries_unrecorded() {
             flags |= FLAG_EXPIRIES_UNRECORDED;
         }
+        if self.holds_expiring() {
+            flags |= FLAG_HOLDS_EXPIRING;
+        }
         out[1] = flags;
         out
     }
@@ -324,7 +345,7 @@ fn decode(bytes: &[u8]) -> Result<WatchCursor, CursorDecodeError> {
     let (&version, rest) = bytes.split_first().ok_or(CursorDecodeError::Empty)?;
     let known = match version {
         FORMAT_VERSION => KNOWN_FLAGS,
-        FORMAT_BEFORE_EXPIRIES => KNOWN_FLAGS & !FLAG_EXPIRIES_UNRECORDED,
+        FORMAT_BEFORE_EXPIRIES => KNOWN_FLAGS & !(FLAG_EXPIRIES_UNRECORDED | FLAG_HOLDS_EXPIRING),
         _ => return Err(CursorDecodeError::UnknownVersion(version)),
     };
     let (&flags, mut rest) = rest.split_first().ok_or(CursorDecodeError::Truncated)?;
@@ -334,6 +355,9 @@ fn decode(bytes: &[u8]) -> Result<WatchCursor, CursorDecodeError> {
     let mut cursor = WatchCursor::none();
     if version == FORMAT_BEFORE_EXPIRIES || flags & FLAG_EXPIRIES_UNRECORDED != 0 {
         cursor = cursor.with_expiries_unrecorded(true);
+    }
+    if flags & FLAG_HOLDS_EXPIRING != 0 {
+        cursor = cursor.with_holds_expiring(true);
     }
     if flags & FLAG_REVISION != 0 {
         cursor.revision = Some(take_u64(&mut rest)?);
@@ -392,7 +416,8 @@ impl fmt::Debug for WatchCursor {
                 .field("message_time", &m.message_time)
                 .field("unchecked_floor", &m.unchecked_floor)
                 .field("repair_due", &m.repair_due)
-                .field("expiries_unrecorded", &m.expiries_unrecorded);
+                .field("expiries_unrecorded", &m.expiries_unrecorded)
+                .field("holds_expiring", &m.holds_expiring);
         }
         d.finish()
     }
@@ -431,7 +456,6 @@ mod tests {
         assert_eq!(err(&[1]), CursorDecodeError::Truncated);
         assert_eq!(err(&[2]), CursorDecodeError::Truncated);
         assert_eq!(err(&[1, 0x80]), CursorDecodeError::UnknownFlags(0x80));
-        assert_eq!(err(&[2, 0x80]), CursorDecodeError::UnknownFlags(0x80));
         // Format 1 knew nothing of the expiries flag.
         assert_eq!(err(&[1, 0x40]), CursorDecodeError::UnknownFlags(0x40));
         assert_eq!(err(&[1, FLAG_REVISION, 0, 0]), CursorDecodeError::Truncated);

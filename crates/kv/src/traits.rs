@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 use crate::config::{ConnectionCapabilities, StoreConfig};
+use crate::cursor::Timestamp;
 use crate::entry::{KvEntry, WatchEvent};
 use crate::error::KvError;
 use crate::scope::{Retention, WatchScope, WatchStart};
@@ -104,6 +105,13 @@ pub trait KvWatcher: Send + Sync {
 
     /// The bucket's retention, read live from the server.
     fn retention(&self) -> impl Future<Output = Result<Retention, KvError>> + Send;
+
+    /// The clock the bucket's message times and per-message expiries are
+    /// measured against: the wall clock, unless the backend simulates
+    /// time.
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
 }
 
 /// One bucket, and handles to read, write, watch and purge it (V9).

@@ -373,6 +373,10 @@ fn plan_delta(
 impl KvWatcher for MemoryStore {
     type WatchStream = MemoryWatch;
 
+    fn now(&self) -> Timestamp {
+        self.conn.shared.clock.now()
+    }
+
     async fn watch(&self, scope: &WatchScope, start: WatchStart) -> Result<MemoryWatch, KvError> {
         scope.validate()?;
         self.conn.check()?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rocksdb::{ColumnFamily, DB};
-use slipstream_kv::WatchCursor;
+use slipstream_kv::{Timestamp, WatchCursor};
 use slipstream_snapshot::{EntryRef, SnapshotError, StoredEntry, decode_value_record};
 
 use crate::error::{RocksDbStoreError, engine};
@@ -20,6 +20,10 @@ pub(crate) const CURSOR_KEY: &[u8] = b"cursor";
 /// [`RocksDbStore`](crate::RocksDbStore)'s fold, for readers on other
 /// threads while the store applies; point reads of many keys go through
 /// RocksDB's batched `multi_get`.
+///
+/// An entry whose per-message expiry (`Nats-TTL`) has passed by the wall
+/// clock is not shown: the engine removes it, and until it has (or while
+/// the node is stopped) the handle hides it.
 ///
 /// Each call sees some committed state (a range iteration sees one
 /// consistent state throughout). A handle keeps the database open: its
@@ -45,7 +49,8 @@ impl RocksDbReader {
     /// RocksDB read failures, [`SnapshotError::Corrupted`] for an undecodable
     /// record.
     pub fn get(&self, key: &str) -> Result<Option<StoredEntry>, SnapshotError> {
-        get(&self.db, &self.dir, key)
+        let now = Timestamp::now();
+        Ok(get(&self.db, &self.dir, key)?.filter(|e| !e.is_expired_at(now)))
     }
 
     /// The entries under `keys`, in the same order, read in one batched
@@ -54,7 +59,14 @@ impl RocksDbReader {
     /// # Errors
     /// As [`RocksDbReader::get`].
     pub fn multi_get(&self, keys: &[&str]) -> Result<Vec<Option<StoredEntry>>, SnapshotError> {
-        multi_get(&self.db, &self.dir, keys)
+        let now = Timestamp::now();
+        let mut found = multi_get(&self.db, &self.dir, keys)?;
+        for entry in &mut found {
+            if entry.as_ref().is_some_and(|e| e.is_expired_at(now)) {
+                *entry = None;
+            }
+        }
+        Ok(found)
     }
 
     /// Call `f` for every key starting with `prefix`, in key order, until it
@@ -68,7 +80,14 @@ impl RocksDbReader {
         prefix: &str,
         f: &mut dyn FnMut(&str, EntryRef<'_>) -> ControlFlow<()>,
     ) -> Result<bool, SnapshotError> {
-        for_each_in_range(&self.db, &self.dir, prefix, f)
+        let now = Timestamp::now();
+        for_each_in_range(&self.db, &self.dir, prefix, &mut |key, entry| {
+            if entry.is_expired_at(now) {
+                ControlFlow::Continue(())
+            } else {
+                f(key, entry)
+            }
+        })
     }
 
     /// Every `(key, entry)` with a key starting with `prefix`, in key order.

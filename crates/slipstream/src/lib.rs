@@ -104,7 +104,7 @@ pub use slipstream_applied::{
 pub use slipstream_fjall::{FjallOptions, FjallStore};
 pub use slipstream_kv::{
     Connection, ExpiryReason, KvEntry, KvError, KvMarker, KvReader, KvStore, KvUpdate, KvWatcher,
-    KvWriter, Retention, StoreConfig, WatchCursor, WatchEvent, WatchScope, WatchStart,
+    KvWriter, Retention, StoreConfig, Timestamp, WatchCursor, WatchEvent, WatchScope, WatchStart,
 };
 #[cfg(feature = "memory")]
 pub use slipstream_memory::MemoryServer;

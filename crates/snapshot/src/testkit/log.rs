@@ -47,7 +47,9 @@ pub fn update_at(seed: u64, index: u64, keyspace: u64) -> KvUpdate {
                 created: None,
                 // Some entries carry an expiry, so every store's round trip
                 // of it is checked against the oracle.
-                expires: h.is_multiple_of(5).then(|| Timestamp::from_unix_nanos(h >> 8)),
+                expires: h
+                    .is_multiple_of(5)
+                    .then(|| Timestamp::from_unix_nanos(h >> 8)),
             })
         }
         70..85 => KvUpdate::Delete(marker(version)),
