@@ -112,6 +112,7 @@ enum Event<C> {
     RetryCommit,
     RefreshStatus,
     ExpiryDue,
+    Exported,
     Item(Option<Result<WatchEvent, KvError>>),
 }
 
@@ -172,6 +173,8 @@ pub(crate) struct Engine<W, S, P, A, O, T> {
     window_armed: bool,
     retry: Pin<Box<Sleep>>,
     retry_armed: bool,
+    /// The export whose files are being written; one at a time.
+    export_in_flight: Option<JoinHandle<()>>,
     /// The fold's keys that expire (per-message TTL).
     pub(crate) expiries: Expiries,
     expiry_timer: Pin<Box<Sleep>>,
@@ -231,6 +234,7 @@ where
             window_armed: false,
             retry: Box::pin(sleep(config.retry.initial_backoff)),
             retry_armed: false,
+            export_in_flight: None,
             expiries: Expiries::default(),
             expiry_timer: Box::pin(sleep(Duration::ZERO)),
             expiry_armed: None,
@@ -376,6 +380,7 @@ where
     /// Flush the pending batch and stop (E5). A failing final commit is
     /// retried like any other, up to the consecutive-failure limit.
     async fn stop(&mut self, reason: StopReason) -> Result<Stopped, AppliedError> {
+        self.settle_export().await;
         self.commit_all().await?;
         Ok(Stopped {
             cursor: self.committed.clone(),
@@ -456,7 +461,8 @@ where
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         loop {
-            let exports_open = self.exports.is_some();
+            let exports_open = self.exports.is_some() && self.export_in_flight.is_none();
+            let exporting = self.export_in_flight.is_some();
             let committing = self.in_flight.is_some();
             self.arm_expiry();
             let expiring = self.expiry_armed.is_some();
@@ -470,6 +476,7 @@ where
                 }
                 // Ahead of the stream, so a firehose cannot starve exports.
                 r = recv_export(&mut self.exports), if exports_open => Event::Export(r),
+                () = join_export(&mut self.export_in_flight), if exporting => Event::Exported,
                 () = &mut self.window, if self.window_armed => Event::WindowElapsed,
                 () = &mut self.retry, if self.retry_armed => Event::RetryCommit,
                 () = &mut refresh => Event::RefreshStatus,
@@ -485,6 +492,7 @@ where
                 Event::Export(None) => self.exports = None,
                 Event::Export(Some(request)) => self.serve_export(request).await?,
                 Event::WindowElapsed | Event::RetryCommit => self.flush().await?,
+                Event::Exported => self.export_in_flight = None,
                 Event::ExpiryDue => {
                     self.expiry_armed = None;
                     self.expire_due().await?;
@@ -872,10 +880,13 @@ where
             return Ok(());
         }
         self.flush().await?;
+        // The store is held only to capture the last commit (A4: the
+        // artifact's cursor is the applied cursor); the files are written,
+        // verified and hashed while commits go on.
         let mut store = self.take_store("export").await?;
         let scope = self.config.scope.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let result = store.export(&dest, &scope);
+            let result = store.begin_export(&dest, &scope);
             (store, result)
         })
         .await;
@@ -885,16 +896,37 @@ where
             });
         };
         self.store = Some(store);
-        let answer = match result {
-            Some(Ok(manifest)) => Ok(manifest),
+        let pending = match result {
+            Some(Ok(pending)) => pending,
             Some(Err(e)) => {
                 tracing::warn!(watch = %self.config.name, error = %e, "export failed; the watch goes on");
-                Err(AppliedError::Export(e))
+                let _ = reply.send(Err(AppliedError::Export(e)));
+                return Ok(());
             }
-            None => Err(AppliedError::NoStore),
+            None => {
+                let _ = reply.send(Err(AppliedError::NoStore));
+                return Ok(());
+            }
         };
-        let _ = reply.send(answer);
+        let name = self.config.name.clone();
+        self.export_in_flight = Some(tokio::task::spawn_blocking(move || {
+            let answer = pending.finish().map_err(|e| {
+                tracing::warn!(watch = %name, error = %e, "export failed; the watch goes on");
+                AppliedError::Export(e)
+            });
+            let _ = reply.send(answer);
+        }));
         Ok(())
+    }
+
+    /// Wait for the export being written, if any (its requester has its
+    /// answer then).
+    async fn settle_export(&mut self) {
+        if let Some(task) = self.export_in_flight.take()
+            && task.await.is_err()
+        {
+            tracing::warn!(watch = %self.config.name, "an export task panicked");
+        }
     }
 
     /// Whether a caught-up All-scope watch takes a first sequence past
@@ -1146,6 +1178,17 @@ pub(crate) enum Opened<St> {
 async fn join_in_flight<C>(in_flight: &mut Option<JoinHandle<C>>) -> Result<C, JoinError> {
     match in_flight {
         Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join_export(in_flight: &mut Option<JoinHandle<()>>) {
+    match in_flight {
+        // A panicked export task has dropped its reply: the requester
+        // sees `ExportDropped`.
+        Some(task) => {
+            let _ = task.await;
+        }
         None => std::future::pending().await,
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use slipstream_kv::{KvUpdate, WatchCursor, WatchScope};
 use slipstream_snapshot::{
-    ArtifactManifest, BackendId, EntryRef, SnapshotError, SnapshotStore, StoredEntry, import,
+    BackendId, EntryRef, PendingExport, SnapshotError, SnapshotStore, StoredEntry, import,
 };
 
 /// The place an applied watch commits to: every [`SnapshotStore`], or
@@ -67,12 +67,13 @@ pub trait StoreSlot: Send + 'static {
     where
         Self: Sized;
 
-    /// Export the last commit to `dest`; `None` when there is no store.
-    fn export(
+    /// Capture the last commit for an export to `dest`; the returned
+    /// export finishes without the store. `None` when there is no store.
+    fn begin_export(
         &mut self,
         dest: &Path,
         scope: &WatchScope,
-    ) -> Option<Result<ArtifactManifest, SnapshotError>>;
+    ) -> Option<Result<PendingExport, SnapshotError>>;
 
     /// Close the store cleanly.
     ///
@@ -136,12 +137,12 @@ impl<S: SnapshotStore> StoreSlot for S {
         S::open(dir, &options)
     }
 
-    fn export(
+    fn begin_export(
         &mut self,
         dest: &Path,
         scope: &WatchScope,
-    ) -> Option<Result<ArtifactManifest, SnapshotError>> {
-        Some(self.export_to(dest, scope))
+    ) -> Option<Result<PendingExport, SnapshotError>> {
+        Some(slipstream_snapshot::begin_export(self, dest, scope))
     }
 
     fn close(self) -> Result<(), SnapshotError> {
@@ -187,11 +188,11 @@ impl StoreSlot for NoStore {
         Ok((WatchCursor::none(), Self))
     }
 
-    fn export(
+    fn begin_export(
         &mut self,
         _: &Path,
         _: &WatchScope,
-    ) -> Option<Result<ArtifactManifest, SnapshotError>> {
+    ) -> Option<Result<PendingExport, SnapshotError>> {
         None
     }
 

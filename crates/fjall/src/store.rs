@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use slipstream_kv::{KvUpdate, WatchCursor};
 use slipstream_snapshot::{
-    BackendId, Durability, EntryRef, FoldTotals, SnapshotError, SnapshotStore, StoreStats,
-    StoredEntry, check_update_limits, detect_backend, encode_value_record,
+    BackendId, Durability, EntryRef, ExportCapture, FoldTotals, SnapshotError, SnapshotStore,
+    StoreStats, StoredEntry, check_update_limits, detect_backend, encode_value_record,
 };
 
 use crate::error::engine;
@@ -61,6 +61,56 @@ pub struct FjallStore {
     /// Journal bytes the next open may replay: the journal files found at
     /// open plus what this handle wrote since (key and record bytes).
     journaled: u64,
+}
+
+impl FjallStore {
+    fn capture(&self) -> FjallCapture {
+        FjallCapture {
+            snapshot: self.db.snapshot(),
+            data: self.data.clone(),
+            cursor: self.cursor.clone(),
+            totals: self.totals,
+        }
+    }
+}
+
+/// The last commit of a [`FjallStore`], as a fjall snapshot of its data
+/// keyspace plus the meta it committed with.
+struct FjallCapture {
+    snapshot: fjall::Snapshot,
+    data: Keyspace,
+    cursor: WatchCursor,
+    totals: FoldTotals,
+}
+
+impl ExportCapture for FjallCapture {
+    fn cursor(&self) -> &WatchCursor {
+        &self.cursor
+    }
+
+    fn write_to(self: Box<Self>, data_dir: &Path) -> Result<(), SnapshotError> {
+        let options = FjallOptions {
+            worker_threads: 1,
+            ..FjallOptions::default()
+        };
+        let db = open_database(data_dir, &options)?;
+        let data = db.keyspace(DATA_KEYSPACE, data_options).map_err(engine)?;
+        let meta = db.keyspace(META_KEYSPACE, meta_options).map_err(engine)?;
+        let mut ingestion = data.start_ingestion().map_err(engine)?;
+        for guard in self.snapshot.iter(&self.data) {
+            let (key, record) = guard.into_inner().map_err(engine)?;
+            ingestion.write(key, record).map_err(engine)?;
+        }
+        ingestion.finish().map_err(engine)?;
+        let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(&meta, MARKER_KEY, marker());
+        batch.insert(&meta, CURSOR_KEY, self.cursor.to_bytes());
+        batch.insert(&meta, TOTALS_KEY, self.totals.to_bytes().to_vec());
+        batch.commit().map_err(engine)?;
+        flush(&meta)?;
+        db.persist(PersistMode::SyncAll).map_err(engine)?;
+        Ok(())
+    }
 }
 
 impl core::fmt::Debug for FjallStore {
@@ -433,27 +483,17 @@ impl SnapshotStore for FjallStore {
     /// its own and its background compactions rewrite the file set, so a
     /// file copy could not be consistent.
     fn checkpoint_to(&mut self, data_dir: &Path) -> Result<(), SnapshotError> {
-        let options = FjallOptions {
-            worker_threads: 1,
-            ..FjallOptions::default()
-        };
-        let db = open_database(data_dir, &options)?;
-        let data = db.keyspace(DATA_KEYSPACE, data_options).map_err(engine)?;
-        let meta = db.keyspace(META_KEYSPACE, meta_options).map_err(engine)?;
-        let mut ingestion = data.start_ingestion().map_err(engine)?;
-        for guard in self.data.iter() {
-            let (key, record) = guard.into_inner().map_err(engine)?;
-            ingestion.write(key, record).map_err(engine)?;
-        }
-        ingestion.finish().map_err(engine)?;
-        let mut batch = db.batch().durability(Some(PersistMode::SyncAll));
-        batch.insert(&meta, MARKER_KEY, marker());
-        batch.insert(&meta, CURSOR_KEY, self.cursor.to_bytes());
-        batch.insert(&meta, TOTALS_KEY, self.totals.to_bytes().to_vec());
-        batch.commit().map_err(engine)?;
-        flush(&meta)?;
-        db.persist(PersistMode::SyncAll).map_err(engine)?;
-        Ok(())
+        Box::new(self.capture()).write_to(data_dir)
+    }
+
+    /// A fjall snapshot of the last commit: it reads that commit while
+    /// later batches are applied, so the new database is written without
+    /// the store.
+    fn capture_for_export(
+        &mut self,
+        _data_dir: &Path,
+    ) -> Result<Box<dyn ExportCapture>, SnapshotError> {
+        Ok(Box::new(self.capture()))
     }
 
     /// Flush the memtables and shrink the journal (the next open then has

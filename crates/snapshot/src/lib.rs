@@ -50,11 +50,13 @@ pub use applog::{
 };
 pub use artifact::{
     ArtifactManifest, DATA_DIR, MANIFEST_FILE, MANIFEST_SCHEMA, MAX_MANIFEST_BYTES, ManifestFile,
-    Placement, export, import, link_or_copy,
+    PendingExport, Placement, begin_export, export, import, link_or_copy,
 };
 pub use error::{ArtifactInvalidReason, SnapshotError};
 pub use lsm::{
     FoldTotals, check_update_limits, decode_value_record, detect_backend, encode_value_record,
     value_record_overhead,
 };
-pub use store::{BackendId, Durability, EntryRef, SnapshotStore, StoreStats, StoredEntry};
+pub use store::{
+    BackendId, Durability, EntryRef, ExportCapture, SnapshotStore, StoreStats, StoredEntry,
+};

@@ -87,6 +87,35 @@ impl EntryRef<'_> {
     }
 }
 
+/// A store's last commit captured for an export: everything needed to
+/// write the artifact's data files without the store (see
+/// [`SnapshotStore::capture_for_export`]).
+pub trait ExportCapture: Send {
+    /// The captured commit's cursor: the artifact's cursor (A4).
+    fn cursor(&self) -> &WatchCursor;
+
+    /// Write the backend's files of the captured commit into `data_dir`,
+    /// the directory the capture was given.
+    ///
+    /// # Errors
+    /// I/O and backend failures.
+    fn write_to(self: Box<Self>, data_dir: &Path) -> Result<(), SnapshotError>;
+}
+
+/// A capture whose files were written while it was taken.
+#[derive(Debug)]
+pub(crate) struct WrittenCapture(pub(crate) WatchCursor);
+
+impl ExportCapture for WrittenCapture {
+    fn cursor(&self) -> &WatchCursor {
+        &self.0
+    }
+
+    fn write_to(self: Box<Self>, _data_dir: &Path) -> Result<(), SnapshotError> {
+        Ok(())
+    }
+}
+
 /// Size figures of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreStats {
@@ -215,6 +244,23 @@ pub trait SnapshotStore: Sized + Send + 'static {
     /// # Errors
     /// I/O and backend failures.
     fn checkpoint_to(&mut self, data_dir: &Path) -> Result<(), SnapshotError>;
+
+    /// Capture the last commit for an export (A4) so that the artifact's
+    /// files can be written while the store goes on committing: the store
+    /// is needed only for the capture; [`ExportCapture::write_to`] runs
+    /// without it. `data_dir` is where the files will go (an existing empty
+    /// directory); a backend may write them there at once. The default
+    /// writes the whole checkpoint during the capture.
+    ///
+    /// # Errors
+    /// I/O and backend failures.
+    fn capture_for_export(
+        &mut self,
+        data_dir: &Path,
+    ) -> Result<Box<dyn ExportCapture>, SnapshotError> {
+        self.checkpoint_to(data_dir)?;
+        Ok(Box::new(WrittenCapture(self.cursor().clone())))
+    }
 
     /// Export the last commit as an artifact at `dest` (A1, A2): staged next
     /// to `dest`, hashed, verified by reopening, then renamed into place.

@@ -14,7 +14,9 @@ use super::fold::Fold;
 use super::recovery::{self, ScanError, ScanMode};
 use crate::artifact::sync_dir;
 use crate::error::SnapshotError;
-use crate::store::{BackendId, Durability, EntryRef, SnapshotStore, StoreStats, StoredEntry};
+use crate::store::{
+    BackendId, Durability, EntryRef, ExportCapture, SnapshotStore, StoreStats, StoredEntry,
+};
 
 /// The log's file name inside the store directory.
 pub const LOG_FILE: &str = "snapshot.log";
@@ -168,6 +170,44 @@ fn write_image(path: &Path, fold: &Fold, cursor: &WatchCursor) -> Result<u64, Sn
     let file = w.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
     Ok(len)
+}
+
+/// A committed prefix of a live log, captured for an export.
+struct LogPrefix {
+    file: File,
+    len: u64,
+    cursor: WatchCursor,
+    source: PathBuf,
+}
+
+impl ExportCapture for LogPrefix {
+    fn cursor(&self) -> &WatchCursor {
+        &self.cursor
+    }
+
+    fn write_to(self: Box<Self>, data_dir: &Path) -> Result<(), SnapshotError> {
+        let path = data_dir.join(LOG_FILE);
+        let out = File::create_new(&path).map_err(|e| SnapshotError::io("create", &path, e))?;
+        let mut w = BufWriter::with_capacity(1 << 20, out);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < self.len {
+            let want = usize::try_from((self.len - at).min(buf.len() as u64)).unwrap_or(buf.len());
+            // Positional reads: the store's own handle shares the offset.
+            self.file
+                .read_exact_at(&mut buf[..want], at)
+                .map_err(|e| SnapshotError::io("read", &self.source, e))?;
+            w.write_all(&buf[..want])
+                .map_err(|e| SnapshotError::io("write", &path, e))?;
+            at += want as u64;
+        }
+        let out = w
+            .into_inner()
+            .map_err(|e| SnapshotError::io("write", &path, e.into_error()))?;
+        out.sync_all()
+            .map_err(|e| SnapshotError::io("sync", &path, e))?;
+        sync_dir(data_dir)
+    }
 }
 
 /// Scan the log open as `file`; returns what was found and the file's
@@ -411,6 +451,28 @@ impl SnapshotStore for AppendLogStore {
         self.file
             .sync_data()
             .map_err(|e| SnapshotError::io("fsync", &self.path, e))
+    }
+
+    /// The log is only ever appended to (a failed append is rolled back
+    /// to the committed length; compaction renames a new file over it), so
+    /// its bytes up to the committed length are that commit: the capture
+    /// keeps a handle on the file and the length, and copies them later
+    /// while appends go on.
+    fn capture_for_export(
+        &mut self,
+        _data_dir: &Path,
+    ) -> Result<Box<dyn ExportCapture>, SnapshotError> {
+        self.check_poisoned()?;
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| SnapshotError::io("duplicate the handle of", &self.path, e))?;
+        Ok(Box::new(LogPrefix {
+            file,
+            len: self.len,
+            cursor: self.cursor.clone(),
+            source: self.path.clone(),
+        }))
     }
 
     fn checkpoint_to(&mut self, data_dir: &Path) -> Result<(), SnapshotError> {

@@ -7,7 +7,7 @@ mod fsutil;
 mod import;
 mod manifest;
 
-pub use export::export;
+pub use export::{PendingExport, begin_export, export};
 pub(crate) use fsutil::sync_dir;
 pub use fsutil::{Placement, link_or_copy};
 pub use import::import;
