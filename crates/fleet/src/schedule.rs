@@ -236,10 +236,11 @@ impl ScheduledExport {
         if let crate::LeaseGrant::HeldElsewhere { holder, .. } = grant {
             return Ok(RoundOutcome::NotLeader { holder });
         }
-        let dest = self
-            .config
-            .scratch
-            .join(format!("export-{}", new_payload_id(0)));
+        let scratch = &self.config.scratch;
+        tokio::fs::create_dir_all(scratch)
+            .await
+            .map_err(|e| FleetError::io("create", scratch, e))?;
+        let dest = scratch.join(format!("export-{}", new_payload_id(0)));
         let staged = Staged(Some(dest.clone()));
         let manifest = self.exporter.export(&dest).await?;
         let rank = manifest.cursor.rank();
