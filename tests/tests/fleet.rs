@@ -123,6 +123,36 @@ async fn an_artifact_round_trips_through_the_object_store_in_chunks() {
     assert_eq!(imported.cursor.revision(), Some(400));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_publishers_leave_the_pointer_at_the_highest_rank() {
+    let server = NatsServer::start().await;
+    let tmp = TempDir::new("fleet-race");
+    // Ranks published out of order by separate nodes, all at once.
+    let ranks = [7u64, 3, 9, 1, 8, 2, 6, 4, 5];
+    let mut dirs = Vec::new();
+    for rank in ranks {
+        dirs.push(artifact(tmp.path(), rank, 200).0);
+    }
+    let mut tasks = Vec::new();
+    for dir in dirs {
+        let t = transport(&server).await;
+        tasks.push(tokio::spawn(async move { t.publish(&dir).await.unwrap() }));
+    }
+    for task in tasks {
+        let published = task.await.unwrap();
+        if let PublishOutcome::Stale { pointer_rank, .. } = published.outcome {
+            assert!(pointer_rank > published.rank);
+        }
+    }
+    let t = transport(&server).await;
+    assert_eq!(t.pointer().await.unwrap().rank(), Some(9));
+    // A late publish of an older artifact does not move it.
+    let (old, _) = artifact(&tmp.path().join("late"), 2, 200);
+    let late = t.publish(&old).await.unwrap();
+    assert!(!late.moved(), "{late:?}");
+    assert_eq!(t.newest().await.unwrap().unwrap().rank, 9);
+}
+
 #[tokio::test]
 async fn a_tampered_object_is_refused_and_nothing_is_imported() {
     let server = NatsServer::start().await;
