@@ -133,10 +133,20 @@ async fn racing_publishers_leave_the_pointer_at_the_highest_rank() {
     for rank in ranks {
         dirs.push(artifact(tmp.path(), rank, 200).0);
     }
-    let mut tasks = Vec::new();
+    let mut nodes = Vec::new();
     for dir in dirs {
-        let t = transport(&server).await;
-        tasks.push(tokio::spawn(async move { t.publish(&dir).await.unwrap() }));
+        nodes.push((transport(&server).await, dir));
+    }
+    // Every publisher reads the pointer before any of them writes it, so
+    // only the CAS re-check under K12 keeps the highest rank.
+    let start = Arc::new(tokio::sync::Barrier::new(nodes.len()));
+    let mut tasks = Vec::new();
+    for (t, dir) in nodes {
+        let start = Arc::clone(&start);
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            t.publish(&dir).await.unwrap()
+        }));
     }
     for task in tasks {
         let published = task.await.unwrap();
