@@ -4,7 +4,11 @@
 //! exporting on a schedule under writes with one lease between them.
 
 // Test helpers: a failed expectation is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+#[path = "repair_e2e/harness.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod harness;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -481,6 +485,27 @@ async fn two_mirrors_export_on_a_schedule_with_one_lease_and_a_forward_pointer()
     writing.store(false, Ordering::SeqCst);
     let writes = writer.await.unwrap();
     assert!(writes > 100, "writes ran during the exports: {writes}");
+    // With the writes stopped, rounds find nothing new to publish.
+    let idle = wait_until(BOUND, || {
+        let s = follower.status.borrow().clone();
+        async move { matches!(s.last_outcome, Some(RoundOutcome::UpToDate { .. })) }
+    })
+    .await;
+    assert!(idle, "follower: {:?}", *follower.status.borrow());
+    let published = follower.status.borrow().published;
+    let rounds = follower.status.borrow().rounds;
+    assert!(
+        wait_until(BOUND, || {
+            let r = follower.status.borrow().rounds;
+            async move { r >= rounds + 3 }
+        })
+        .await
+    );
+    assert_eq!(
+        follower.status.borrow().published,
+        published,
+        "idle rounds publish nothing"
+    );
     observing.store(false, Ordering::SeqCst);
     let seen = observer.await.unwrap();
     assert!(seen.len() >= 3, "{seen:?}");
@@ -495,4 +520,95 @@ async fn two_mirrors_export_on_a_schedule_with_one_lease_and_a_forward_pointer()
     let _ = follower.schedule.await;
     follower.engine_stop.cancel();
     let _ = follower.engine.await;
+}
+
+/// The engine's restore (R3) pulling from the object store through
+/// `TransportSource`: a node down across an aged-out gap is repaired from
+/// another node's published artifact. A tampered artifact is refused first
+/// and the fold is left exactly as committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_pulls_a_verified_artifact_from_the_object_store() {
+    use harness::{App, Live, finish, fold_of, open_store, run_to, start_node, synced_store};
+    use slipstream_applied::{AppliedError, OnExpiry, RepairMode};
+    use slipstream_fleet::TransportSource;
+
+    let live = Live::start(
+        "fleet-restore",
+        StoreConfig::new("repair").max_age(Duration::from_secs(3)),
+    )
+    .await;
+    live.put("a", "v1").await; // 1
+    live.put("b", "v1").await; // 2
+    let store = synced_store::<AppendLogStore>(&live, 2).await;
+    live.put("g", "v1").await; // 3: the gap write
+    live.delete("b").await; // 4: the real delete
+
+    // Another node folds up to 4 and publishes its export.
+    let key = FleetKey::new("repair", WatchScope::All, AppendLogStore::BACKEND);
+    let transport = Arc::new(
+        ObjectStoreTransport::open(
+            live.admin.client().clone(),
+            ObjectStoreConfig::new(ARTIFACTS),
+            key,
+        )
+        .await
+        .unwrap(),
+    );
+    let (_, exporter) = open_store::<AppendLogStore>(&live.dir.path().join("exporter")).await;
+    let node = start_node(&live, exporter, &App::default(), harness::plain);
+    let mut exporter = run_to(node, 4).await;
+    let exported_dir = live.dir.path().join("exported");
+    let manifest = exporter.export_to(&exported_dir, &WatchScope::All).unwrap();
+    let exported = fold_of(&exporter);
+    drop(exporter);
+    let payload = moved(&transport.publish(&exported_dir).await.unwrap().outcome);
+
+    assert_eq!(live.wait_first_sequence_above(4).await, 5);
+    let last = live.put("h", "v1").await; // 5
+
+    // Tamper with the published data: the restore refuses it.
+    let file = &manifest.files[0];
+    let mut bytes = std::fs::read(exported_dir.join(&file.path)).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    let raw = async_nats::jetstream::new(live.admin.client().clone())
+        .get_object_store(ARTIFACTS)
+        .await
+        .unwrap();
+    let name = transport.object_name(&payload, &file.path);
+    raw.put(name.as_str(), &mut bytes.as_slice()).await.unwrap();
+
+    let before = fold_of(&store);
+    let restore = |source: TransportSource| {
+        move |c: AppliedConfig<AppendLogStore>| {
+            c.on_expiry(OnExpiry::Repair(RepairMode::Restore))
+                .restore_from(source)
+        }
+    };
+    let source = TransportSource::new(Arc::clone(&transport) as Arc<dyn ArtifactTransport>);
+    let node = start_node(&live, store, &App::default(), restore(source));
+    let finished = finish(node).await;
+    match &finished.result {
+        Err(AppliedError::RestoreFailed { source, .. }) => {
+            let refused = source
+                .downcast_ref::<FleetError>()
+                .is_some_and(FleetError::is_refusal);
+            assert!(refused, "{source}");
+        }
+        other => panic!("expected a refused restore, got {other:?}"),
+    }
+    let store = finished.store.expect("the store is handed back");
+    assert_eq!(fold_of(&store), before, "the refusal changed nothing");
+
+    // The artifact republished intact (same rank: K12 allows it).
+    transport.publish(&exported_dir).await.unwrap();
+    let app = App::resuming(&store);
+    let source = TransportSource::new(Arc::clone(&transport) as Arc<dyn ArtifactTransport>);
+    let node = start_node(&live, store, &app, restore(source));
+    let store = run_to(node, last).await;
+    let mut expected = exported;
+    expected.insert("h".into(), (Bytes::from_static(b"v1"), Some(last)));
+    let fold = fold_of(&store);
+    assert_eq!(fold, expected, "the exporter's fold plus the delta");
+    assert!(fold.contains_key("g") && !fold.contains_key("b"));
 }
