@@ -797,3 +797,172 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
         polled
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Mutex;
+
+    use slipstream_kv::{WatchCursor, WatchScope};
+    use slipstream_snapshot::MANIFEST_SCHEMA;
+
+    use super::*;
+    use crate::local::LocalDir;
+
+    /// A store whose objects announce their true size but deliver other
+    /// bytes: what a hostile or broken server could do.
+    #[derive(Debug)]
+    struct Lying {
+        inner: LocalDir,
+        deliver: Mutex<Option<Vec<u8>>>,
+    }
+
+    impl Backend for Lying {
+        async fn meta_get(&self, key: &str) -> Result<Option<MetaEntry>, FleetError> {
+            self.inner.meta_get(key).await
+        }
+        async fn meta_create(&self, key: &str, value: Vec<u8>) -> Result<Cas, FleetError> {
+            self.inner.meta_create(key, value).await
+        }
+        async fn meta_update(
+            &self,
+            key: &str,
+            value: Vec<u8>,
+            rev: u64,
+        ) -> Result<Cas, FleetError> {
+            self.inner.meta_update(key, value, rev).await
+        }
+        async fn meta_delete(&self, key: &str, rev: u64) -> Result<Cas, FleetError> {
+            self.inner.meta_delete(key, rev).await
+        }
+        async fn put_object(
+            &self,
+            name: &str,
+            data: &mut (dyn AsyncRead + Unpin + Send),
+        ) -> Result<(), FleetError> {
+            self.inner.put_object(name, data).await
+        }
+        async fn get_object(&self, name: &str) -> Result<Option<Download>, FleetError> {
+            let real = self.inner.get_object(name).await?;
+            let lie = self.deliver.lock().unwrap().clone();
+            match (real, lie) {
+                (Some(d), Some(bytes)) if name.contains("/data/") => Ok(Some(Download {
+                    size: d.size,
+                    reader: Box::new(std::io::Cursor::new(bytes)),
+                })),
+                (real, _) => Ok(real),
+            }
+        }
+        async fn list_objects(&self, prefix: &str) -> Result<Vec<String>, FleetError> {
+            self.inner.list_objects(prefix).await
+        }
+        async fn delete_object(&self, name: &str) -> Result<(), FleetError> {
+            self.inner.delete_object(name).await
+        }
+    }
+
+    /// A hand-made artifact with one data file.
+    fn artifact(dir: &Path, data: &[u8]) -> ArtifactManifest {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::write(dir.join("data/blob"), data).unwrap();
+        let manifest = ArtifactManifest {
+            schema: MANIFEST_SCHEMA,
+            backend_name: "append-log".into(),
+            format_generation: 1,
+            cursor: WatchCursor::at(3),
+            scope: WatchScope::All,
+            files: vec![ManifestFile {
+                path: "data/blob".into(),
+                size: u64::try_from(data.len()).unwrap(),
+                blake3: *blake3::hash(data).as_bytes(),
+            }],
+        };
+        std::fs::write(dir.join(MANIFEST_FILE), manifest.to_json().unwrap()).unwrap();
+        manifest
+    }
+
+    fn refusal(e: FleetError) -> Refusal {
+        match e {
+            FleetError::Refused { reason, .. } => reason,
+            other => panic!("expected a refusal, got {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_shorter_or_longer_than_announced_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = FleetKey::new(
+            "cfg",
+            WatchScope::All,
+            slipstream_snapshot::BackendId {
+                name: "append-log",
+                format_generation: 1,
+            },
+        );
+        let core = Core::new(
+            Lying {
+                inner: LocalDir::at(tmp.path().join("store")),
+                deliver: Mutex::new(None),
+            },
+            key,
+            FleetTimeouts::default(),
+        );
+        let data = vec![7u8; 200_000];
+        artifact(&tmp.path().join("a"), &data);
+        assert!(core.publish(&tmp.path().join("a")).await.unwrap().moved());
+        let newest = core.newest().await.unwrap().unwrap();
+        let scratch = tmp.path().join("scratch");
+
+        *core.backend.deliver.lock().unwrap() = Some(data[..150_000].to_vec());
+        let e = core.fetch(&newest, &scratch).await.unwrap_err();
+        assert_eq!(
+            refusal(e),
+            Refusal::Truncated {
+                expected: 200_000,
+                received: 150_000
+            }
+        );
+
+        let mut longer = data.clone();
+        longer.push(7);
+        *core.backend.deliver.lock().unwrap() = Some(longer);
+        let e = core.fetch(&newest, &scratch).await.unwrap_err();
+        assert_eq!(refusal(e), Refusal::Oversize { expected: 200_000 });
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+
+        *core.backend.deliver.lock().unwrap() = None;
+        core.fetch(&newest, &scratch).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_manifest_with_a_duplicate_path_is_refused_on_fetch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = FleetKey::new(
+            "cfg",
+            WatchScope::All,
+            slipstream_snapshot::BackendId {
+                name: "append-log",
+                format_generation: 1,
+            },
+        );
+        let core = Core::new(
+            LocalDir::at(tmp.path().join("store")),
+            key,
+            FleetTimeouts::default(),
+        );
+        let mut manifest = artifact(&tmp.path().join("a"), b"x");
+        manifest.files.push(manifest.files[0].clone());
+        let payload = PayloadRef {
+            id: new_payload_id(3),
+            rank: 3,
+            manifest,
+            manifest_json: Vec::new(),
+        };
+        let e = core
+            .fetch(&payload, &tmp.path().join("scratch"))
+            .await
+            .unwrap_err();
+        assert_eq!(refusal(e), Refusal::HostilePath);
+    }
+}

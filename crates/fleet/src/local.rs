@@ -38,6 +38,11 @@ pub(crate) struct LocalDir {
 }
 
 impl LocalDir {
+    #[cfg(test)]
+    pub(crate) fn at(root: PathBuf) -> Self {
+        Self { root }
+    }
+
     fn objects(&self) -> PathBuf {
         self.root.join("objects")
     }
