@@ -111,6 +111,17 @@ async fn an_artifact_round_trips_through_the_object_store_in_chunks() {
     assert!(manifest.files.iter().map(|f| f.size).sum::<u64>() > 512 * 1024);
     let published = t.publish(&dir).await.unwrap();
     let payload = moved(&published.outcome);
+    let client = connect(&server.url()).await.client().unwrap();
+    let raw = async_nats::jetstream::new(client)
+        .get_object_store(ARTIFACTS)
+        .await
+        .unwrap();
+    let biggest = manifest.files.iter().max_by_key(|f| f.size).unwrap();
+    let info = raw
+        .info(t.object_name(&payload, &biggest.path))
+        .await
+        .unwrap();
+    assert!(info.chunks > 1, "uploaded in one piece: {info:?}");
 
     // A second transport (another node) sees it through the pointer.
     let other = transport(&server).await;

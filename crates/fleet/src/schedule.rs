@@ -27,7 +27,8 @@ pub struct ScheduleConfig {
 
 impl ScheduleConfig {
     /// Export every `every`, staging each export under `scratch` (removed
-    /// once published). Defaults: keep the last 3 payloads, a lease of
+    /// once published). `scratch` must be this exporter's own: leftover
+    /// staged exports in it are removed when the exporter starts. Defaults: keep the last 3 payloads, a lease of
     /// three periods (at least 30 s), a holder id unique to this process.
     #[must_use]
     pub fn new(every: Duration, scratch: impl Into<PathBuf>) -> Self {
@@ -168,6 +169,10 @@ impl ScheduledExport {
     /// schedule. Releases the lease on the way out and returns the final
     /// status.
     pub async fn run(self, shutdown: CancellationToken) -> ExportStatus {
+        // A round cut short by an earlier shutdown may have left a staged
+        // export behind (the engine finishes an export it has started).
+        let scratch = self.config.scratch.clone();
+        let _ = tokio::task::spawn_blocking(move || remove_leftovers(&scratch)).await;
         let mut ticker = tokio::time::interval(self.config.every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -290,6 +295,21 @@ impl Drop for Staged {
     fn drop(&mut self) {
         if let Some(path) = self.0.take() {
             remove_quietly(&path);
+        }
+    }
+}
+
+/// Remove staged exports (`export-*`, and the engine's hidden staging
+/// `.export-*`) from `scratch`, which belongs to this exporter alone.
+fn remove_leftovers(scratch: &Path) {
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("export-") || name.starts_with(".export-") {
+            remove_quietly(&entry.path());
         }
     }
 }
