@@ -7,7 +7,8 @@
 //! that finds no counterexample speaks about the code that runs. A rank is a
 //! revision (a stream sequence); a cursor without a revision ranks 0.
 //!
-//! Each function is named after its rule in `behaviour.md` (K1–K14).
+//! Each function is named after its rule in `behaviour.md` (K1–K14; the
+//! export lease's takeover rule belongs to A5).
 //!
 //! ```
 //! use slipstream_protocol::{resume_start_sequence, resume_window_ok, FloorVerdict, floor_verdict};
@@ -24,11 +25,13 @@
 
 mod artifact;
 mod cursor;
+mod lease;
 mod repair;
 mod resume;
 
 pub use artifact::{PointerState, payload_prunable, pointer_publish_allowed};
 pub use cursor::{is_replay, next_high_water};
+pub use lease::{LeaseState, lease_takeover_allowed};
 pub use repair::{
     Eviction, GapReading, ListingTruth, MassDeleteLimit, MassDeleteVerdict, RepairMode, RepairPlan,
     RestoreAction, cursorless_start_needs_repair, gap_holds_no_eviction, listing_is_truth,
