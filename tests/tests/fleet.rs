@@ -59,6 +59,7 @@ fn artifact(dir: &Path, rank: u64, value_len: usize) -> (PathBuf, ArtifactManife
                 value: Bytes::from(vec![u8::try_from(r % 251).unwrap(); value_len]),
                 version: VersionToken::from_u64(r),
                 created: None,
+                expires: None,
             })
         })
         .collect();

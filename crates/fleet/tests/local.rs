@@ -35,6 +35,7 @@ fn artifact(dir: &Path, rank: u64) -> (PathBuf, ArtifactManifest) {
                 value: Bytes::from(format!("value {r}").repeat(20)),
                 version: VersionToken::from_u64(r),
                 created: None,
+                expires: None,
             })
         })
         .collect();

@@ -19,7 +19,10 @@ fn a_corrupt_lease_may_be_taken_over() {
 #[test]
 fn a_live_lease_is_never_taken() {
     assert!(!lease_takeover_allowed(0, LeaseState::Present(Some(1))));
-    assert!(!lease_takeover_allowed(999, LeaseState::Present(Some(1000))));
+    assert!(!lease_takeover_allowed(
+        999,
+        LeaseState::Present(Some(1000))
+    ));
     assert!(!lease_takeover_allowed(
         u64::MAX - 1,
         LeaseState::Present(Some(u64::MAX))
@@ -28,8 +31,14 @@ fn a_live_lease_is_never_taken() {
 
 #[test]
 fn a_lease_expires_at_its_instant() {
-    assert!(lease_takeover_allowed(1000, LeaseState::Present(Some(1000))));
-    assert!(lease_takeover_allowed(1001, LeaseState::Present(Some(1000))));
+    assert!(lease_takeover_allowed(
+        1000,
+        LeaseState::Present(Some(1000))
+    ));
+    assert!(lease_takeover_allowed(
+        1001,
+        LeaseState::Present(Some(1000))
+    ));
     assert!(lease_takeover_allowed(0, LeaseState::Present(Some(0))));
     assert!(lease_takeover_allowed(
         u64::MAX,
