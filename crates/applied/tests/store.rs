@@ -596,3 +596,45 @@ async fn ready_comes_with_the_caught_up_cursor_committed_even_after_a_failed_com
     run.token.cancel();
     run.task.await.unwrap().result.unwrap();
 }
+
+#[tokio::test]
+async fn commits_go_on_while_an_export_writes_its_files() {
+    let (_server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    let (_, store) = open_store(&dir.path().join("fold"), &plan);
+    let app = App::new();
+    let (exporter, requests) = export_channel(1);
+    let mut run = start(&kv, store, &app, |c| c.exports(requests));
+    wait_status(&mut run.status, WatchStatus::is_ready).await;
+    put_n(&kv, 0, 5).await;
+    wait_status(&mut run.status, |s| s.applied == Some(5)).await;
+
+    plan.block_export_writes();
+    let dest = dir.path().join("artifact");
+    let export = tokio::spawn(async move { exporter.export(dest).await });
+    yield_until(
+        || plan.captures.load(std::sync::atomic::Ordering::SeqCst) == 1,
+        100_000,
+        "the export captured its commit",
+    )
+    .await;
+    // The export's files are not written yet; the engine still commits.
+    put_n(&kv, 5, 5).await;
+    wait_status(&mut run.status, |s| s.applied == Some(10)).await;
+    assert!(!export.is_finished());
+    plan.release_export_writes();
+    let manifest = timeout(DEADLINE, export).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        manifest.cursor.revision(),
+        Some(5),
+        "A4: the artifact carries the cursor of the commit it captured"
+    );
+    run.token.cancel();
+    timeout(DEADLINE, run.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .result
+        .unwrap();
+}

@@ -19,8 +19,8 @@ use slipstream_kv::{
     Timestamp, VersionToken, WatchCursor, WatchEvent, WatchScope, WatchStart,
 };
 use slipstream_snapshot::{
-    AppendLogOptions, AppendLogStore, BackendId, Durability, EntryRef, SnapshotError,
-    SnapshotStore, StoreStats,
+    AppendLogOptions, AppendLogStore, BackendId, Durability, EntryRef, ExportCapture,
+    SnapshotError, SnapshotStore, StoreStats,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,6 +55,10 @@ pub struct FaultPlan {
     pub state: Mutex<FaultState>,
     close_gate: Mutex<Option<bool>>,
     close_cv: Condvar,
+    /// `Some(false)`: an export's file writing waits until released.
+    export_gate: Arc<(Mutex<Option<bool>>, Condvar)>,
+    /// Exports captured so far.
+    pub captures: std::sync::atomic::AtomicU64,
 }
 
 impl FaultPlan {
@@ -76,6 +80,17 @@ impl FaultPlan {
         self.close_cv.notify_all();
     }
 
+    /// Make an export's file writing (after its capture) wait until
+    /// [`FaultPlan::release_export_writes`].
+    pub fn block_export_writes(&self) {
+        *lock(&self.export_gate.0) = Some(false);
+    }
+
+    pub fn release_export_writes(&self) {
+        *lock(&self.export_gate.0) = Some(true);
+        self.export_gate.1.notify_all();
+    }
+
     fn wait_close_gate(&self) {
         let mut gate = lock(&self.close_gate);
         while *gate == Some(false) {
@@ -84,6 +99,28 @@ impl FaultPlan {
                 .wait(gate)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+    }
+}
+
+/// A capture whose file writing waits at the plan's export gate.
+struct GatedCapture {
+    inner: Box<dyn ExportCapture>,
+    gate: Arc<(Mutex<Option<bool>>, Condvar)>,
+}
+
+impl ExportCapture for GatedCapture {
+    fn cursor(&self) -> &WatchCursor {
+        self.inner.cursor()
+    }
+
+    fn write_to(self: Box<Self>, data_dir: &Path) -> Result<(), SnapshotError> {
+        let (gate, cv) = &*self.gate;
+        let mut open = lock(gate);
+        while *open == Some(false) {
+            open = cv.wait(open).unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(open);
+        self.inner.write_to(data_dir)
     }
 }
 
@@ -201,6 +238,27 @@ impl SnapshotStore for FaultStore {
 
     fn sync(&mut self) -> Result<(), SnapshotError> {
         self.inner.sync()
+    }
+
+    fn capture_for_export(
+        &mut self,
+        data_dir: &Path,
+    ) -> Result<Box<dyn ExportCapture>, SnapshotError> {
+        if self.plan.state().fail_exports {
+            return Err(SnapshotError::io(
+                "injected export failure",
+                data_dir,
+                std::io::Error::other("injected"),
+            ));
+        }
+        let inner = self.inner.capture_for_export(data_dir)?;
+        self.plan
+            .captures
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Box::new(GatedCapture {
+            inner,
+            gate: Arc::clone(&self.plan.export_gate),
+        }))
     }
 
     fn checkpoint_to(&mut self, data_dir: &Path) -> Result<(), SnapshotError> {
