@@ -60,6 +60,26 @@ pub(crate) enum AfterExpiry {
     Shutdown,
 }
 
+/// Take a listed key into the sorter, writing out a full run off the
+/// runtime.
+pub(crate) async fn push_listed(
+    listed: &mut KeySorter,
+    key: String,
+    revision: Option<u64>,
+    live: bool,
+) -> Result<(), AppliedError> {
+    if let Some(run) = listed.push(key, revision, live) {
+        let path = run.path().to_owned();
+        let written = tokio::task::spawn_blocking(move || run.write()).await;
+        written.map_err(|_| AppliedError::RepairScratchIo {
+            operation: "writing a run",
+            path,
+            source: std::io::Error::other("the writing task panicked"),
+        })??;
+    }
+    Ok(())
+}
+
 impl<W, S, P, A, O, T> Engine<W, S, P, A, O, T>
 where
     W: KvWatcher,
@@ -428,15 +448,7 @@ where
                     lowest_needed = Some(lowest_needed.map_or(r, |l| l.min(r)));
                 }
             }
-            if let Some(run) = listed.push(key, revision, live) {
-                let path = run.path().to_owned();
-                let written = tokio::task::spawn_blocking(move || run.write()).await;
-                written.map_err(|_| AppliedError::RepairScratchIo {
-                    operation: "writing a run",
-                    path,
-                    source: std::io::Error::other("the writing task panicked"),
-                })??;
-            }
+            push_listed(&mut listed, key, revision, live).await?;
         }
     }
 

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::engine::Engine;
 use crate::error::AppliedError;
-use crate::expiry::Listed;
+use crate::expiry::{Listed, push_listed};
 use crate::slot::StoreSlot;
 use crate::spill::KeySorter;
 
@@ -48,6 +48,10 @@ impl Expiries {
 
     /// Set (or, with `None`, clear) the key's expiry.
     pub(crate) fn set(&mut self, key: &str, expires: Option<Timestamp>) {
+        // Most buckets never set a TTL: a delivery then costs no lookup.
+        if expires.is_none() && self.by_key.is_empty() {
+            return;
+        }
         match expires {
             Some(at) => {
                 if let Some(old) = self.by_key.insert(key.to_owned(), at) {
@@ -208,18 +212,11 @@ where
             };
             let revision = update.revision();
             let live = matches!(update, KvUpdate::Put(_));
+            let key = update.key().to_owned();
             if update.expires().is_some() {
-                expiring.push(update.clone());
+                expiring.push(update);
             }
-            if let Some(run) = listed.push(update.key().to_owned(), revision, live) {
-                let path = run.path().to_owned();
-                let written = tokio::task::spawn_blocking(move || run.write()).await;
-                written.map_err(|_| AppliedError::RepairScratchIo {
-                    operation: "writing a run",
-                    path,
-                    source: std::io::Error::other("the writing task panicked"),
-                })??;
-            }
+            push_listed(&mut listed, key, revision, live).await?;
             if expiring.len() >= self.config.batch.max {
                 annotated += self.annotate(std::mem::take(&mut expiring)).await?;
             }

@@ -34,6 +34,20 @@ async fn ttl_bucket() -> (MemoryServer, MemoryStore) {
     (server, kv)
 }
 
+/// A lease that expires after [`TTL`] and a route that never does; the
+/// lease's revision.
+async fn lease_and_route(kv: &MemoryStore) -> u64 {
+    let rev = kv
+        .put_with_ttl("lease", Bytes::from_static(b"node-1"), TTL)
+        .await
+        .unwrap();
+    kv.writer()
+        .put("route", Bytes::from_static(b"10.0.0.1"))
+        .await
+        .unwrap();
+    rev
+}
+
 async fn wait_status(rx: &mut StatusReceiver, f: impl FnMut(&WatchStatus) -> bool) -> WatchStatus {
     timeout(DEADLINE, rx.wait_for(f))
         .await
@@ -89,13 +103,7 @@ fn app_has(app: &App, key: &str) -> bool {
 #[tokio::test]
 async fn an_entry_leaves_the_fold_through_apply_when_its_ttl_passes_while_running() {
     let (server, kv) = ttl_bucket().await;
-    kv.put_with_ttl("lease", Bytes::from_static(b"node-1"), TTL)
-        .await
-        .unwrap();
-    kv.writer()
-        .put("route", Bytes::from_static(b"10.0.0.1"))
-        .await
-        .unwrap();
+    lease_and_route(&kv).await;
     let dir = tempfile::tempdir().unwrap();
     let plan = FaultPlan::new();
     let (_, store) = open_store(dir.path(), &plan);
@@ -156,13 +164,7 @@ async fn a_rewrite_without_a_ttl_cancels_the_expiry() {
 #[tokio::test]
 async fn an_entry_whose_ttl_passed_while_the_node_was_down_leaves_at_the_restart() {
     let (server, kv) = ttl_bucket().await;
-    kv.put_with_ttl("lease", Bytes::from_static(b"node-1"), TTL)
-        .await
-        .unwrap();
-    kv.writer()
-        .put("route", Bytes::from_static(b"10.0.0.1"))
-        .await
-        .unwrap();
+    lease_and_route(&kv).await;
     let dir = tempfile::tempdir().unwrap();
     let plan = FaultPlan::new();
     let (_, store) = open_store(dir.path(), &plan);
@@ -198,14 +200,7 @@ async fn an_entry_whose_ttl_passed_while_the_node_was_down_leaves_at_the_restart
 #[tokio::test]
 async fn a_fold_written_before_expiries_takes_them_from_the_bucket() {
     let (server, kv) = ttl_bucket().await;
-    let rev = kv
-        .put_with_ttl("lease", Bytes::from_static(b"node-1"), TTL)
-        .await
-        .unwrap();
-    kv.writer()
-        .put("route", Bytes::from_static(b"10.0.0.1"))
-        .await
-        .unwrap();
+    let rev = lease_and_route(&kv).await;
     // What an older build left: the same entries without their expiry,
     // and a cursor that reads as such.
     let dir = tempfile::tempdir().unwrap();
