@@ -73,6 +73,7 @@
 //! start re-delivers it.
 
 mod applied;
+mod bootstrap;
 mod config;
 mod engine;
 mod error;
@@ -88,12 +89,14 @@ mod status;
 mod ttl;
 
 pub use applied::{AppliedWatch, Finished, StopReason, Stopped};
+pub use bootstrap::{Bootstrap, BootstrapConfig, bootstrap};
 pub use config::{
     AppliedConfig, BatchPolicy, MassDeletePolicy, OnExpiry, RetryPolicy, ScratchPolicy, Timeouts,
 };
 pub use error::{AppliedError, RepairCause, RestoreRefusal};
 pub use export::{ExportRequest, ExportRequests, Exporter, export_channel};
 pub use handlers::{Handlers, IgnoreApplied, handlers};
+pub use restore::artifact_refusal;
 pub use slipstream_protocol::{MassDeleteLimit, RepairMode};
 pub use slot::{NoStore, StoreSlot};
 pub use source::{LocalArtifacts, RestoreSource, SourceError};

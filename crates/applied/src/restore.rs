@@ -18,12 +18,12 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::vec::Drain;
 
-use slipstream_kv::{KvEntry, KvUpdate, KvWatcher, Retention, WatchCursor};
+use slipstream_kv::{KvEntry, KvUpdate, KvWatcher, Retention, WatchCursor, WatchScope};
 use slipstream_protocol::{
     MassDeleteVerdict, RestoreAction, mass_delete_guard, restore_ahead, restore_allowed,
     restore_key,
 };
-use slipstream_snapshot::{ArtifactManifest, StoredEntry};
+use slipstream_snapshot::{ArtifactManifest, BackendId, StoredEntry};
 use tokio::sync::mpsc;
 
 use crate::config::MassDeletePolicy;
@@ -183,52 +183,15 @@ where
         }
     }
 
-    /// Whether an artifact can repair this fold, from its manifest alone:
-    /// same backend, scope covered, same bucket incarnation, and K6 against
-    /// the fold's rank `local` and the retention floor.
+    /// Whether an artifact can repair this fold ([`artifact_refusal`]
+    /// against the fold's rank `local`).
     fn check_manifest(
         &self,
         manifest: &ArtifactManifest,
         local: u64,
         retention: &Retention,
     ) -> Option<RestoreRefusal> {
-        if let Some(store) = S::BACKEND
-            && !manifest.is_from(store)
-        {
-            return Some(RestoreRefusal::OtherBackend {
-                artifact: manifest.backend_label(),
-                store: store.to_string(),
-            });
-        }
-        if !manifest.scope.covers(&self.config.scope) {
-            return Some(RestoreRefusal::ScopeNotCovered {
-                artifact: manifest.scope.clone(),
-                watch: self.config.scope.clone(),
-            });
-        }
-        if let Some(identity) = manifest.cursor.identity()
-            && *identity != retention.identity
-        {
-            return Some(RestoreRefusal::OtherIncarnation {
-                artifact: identity.clone(),
-                bucket: retention.identity.clone(),
-            });
-        }
-        let artifact = manifest.cursor.rank();
-        if restore_allowed(artifact, local, retention.first_revision) {
-            return None;
-        }
-        Some(if restore_ahead(artifact, local) {
-            RestoreRefusal::ArtifactExpired {
-                artifact,
-                first_sequence: retention.first_revision,
-            }
-        } else {
-            RestoreRefusal::NotAhead {
-                artifact,
-                fold: local,
-            }
-        })
+        artifact_refusal(manifest, S::BACKEND, &self.config.scope, local, retention)
     }
 
     /// Scan the fold's in-scope keys against the imported artifact: the
@@ -433,4 +396,57 @@ fn restore_failed(
         stage,
         source: Box::new(source),
     }
+}
+
+/// Why an artifact cannot bring a fold at rank `local` forward, from its
+/// manifest alone; `None` when it can. It must be of `backend` (any, for
+/// `None`), cover `scope`, come from the bucket's current incarnation, and
+/// pass K6 (`restore_allowed`): ahead of `local` and resumable inside the
+/// retained log. A restore repair and a new node's bootstrap (local 0) both
+/// decide with it.
+#[must_use]
+pub fn artifact_refusal(
+    manifest: &ArtifactManifest,
+    backend: Option<BackendId>,
+    scope: &WatchScope,
+    local: u64,
+    retention: &Retention,
+) -> Option<RestoreRefusal> {
+    if let Some(store) = backend
+        && !manifest.is_from(store)
+    {
+        return Some(RestoreRefusal::OtherBackend {
+            artifact: manifest.backend_label(),
+            store: store.to_string(),
+        });
+    }
+    if !manifest.scope.covers(scope) {
+        return Some(RestoreRefusal::ScopeNotCovered {
+            artifact: manifest.scope.clone(),
+            watch: scope.clone(),
+        });
+    }
+    if let Some(identity) = manifest.cursor.identity()
+        && *identity != retention.identity
+    {
+        return Some(RestoreRefusal::OtherIncarnation {
+            artifact: identity.clone(),
+            bucket: retention.identity.clone(),
+        });
+    }
+    let artifact = manifest.cursor.rank();
+    if restore_allowed(artifact, local, retention.first_revision) {
+        return None;
+    }
+    Some(if restore_ahead(artifact, local) {
+        RestoreRefusal::ArtifactExpired {
+            artifact,
+            first_sequence: retention.first_revision,
+        }
+    } else {
+        RestoreRefusal::NotAhead {
+            artifact,
+            fold: local,
+        }
+    })
 }

@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{App, DEADLINE, FaultPlan, FaultStore, fold_of, open_store};
+use slipstream_applied::bootstrap;
 use slipstream_applied::{
-    AppliedConfig, AppliedError, AppliedWatch, Finished, LocalArtifacts, MassDeletePolicy,
-    OnExpiry, RepairCause, RepairMode, RestoreRefusal, StatusReceiver, WatchStatus,
+    AppliedConfig, AppliedError, AppliedWatch, Bootstrap, BootstrapConfig, Finished,
+    LocalArtifacts, MassDeletePolicy, OnExpiry, RepairCause, RepairMode, RestoreRefusal,
+    StatusReceiver, WatchStatus,
 };
 use slipstream_kv::{
     Connection, ExpiryReason, KvReader, KvStore, KvWatcher, KvWriter, StoreConfig, WatchScope,
@@ -802,4 +804,173 @@ async fn a_fold_entry_newer_than_its_cursor_does_not_outrank_the_artifact() {
     let (fold, expected) =
         restore_over_old_entries(&[("a", 7)], slipstream_kv::WatchCursor::at(1)).await;
     assert_eq!(fold, expected, "the entry at 7 under cursor 1 lost");
+}
+
+/// Bootstrap `dir` from `artifacts` against `kv` (append-log options as
+/// [`open_store`] uses them).
+async fn bootstrap_into(
+    kv: &MemoryStore,
+    artifacts: &Path,
+    dir: &Path,
+    scope: WatchScope,
+) -> Result<Bootstrap, AppliedError> {
+    let source = LocalArtifacts::new(artifacts);
+    let config = BootstrapConfig::new(scope).scratch(dir.parent().unwrap());
+    bootstrap::<FaultStore, _>(
+        &kv.watcher(),
+        &source,
+        dir,
+        &common::FaultOptions::default(),
+        &config,
+    )
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_node_bootstrapped_from_an_artifact_keeps_aged_out_keys_and_takes_only_the_delta() {
+    let work = tempfile::tempdir().unwrap();
+    let artifacts = work.path().join("artifacts");
+    let s = aged_out_gap(work.path(), &artifacts).await;
+    let dir = work.path().join("fresh");
+    let outcome = bootstrap_into(&s.kv, &artifacts, &dir, WatchScope::All)
+        .await
+        .unwrap();
+    let Bootstrap::Imported(manifest) = outcome else {
+        panic!("expected an import, got {outcome:?}");
+    };
+    assert_eq!(manifest.cursor.revision(), Some(5));
+    let (cursor, store) = open_store(&dir, &FaultPlan::new());
+    assert_eq!(
+        cursor.revision(),
+        Some(5),
+        "the store opens at the artifact"
+    );
+    let app = App::new();
+    let store = run_to(start(s.kv.watcher(), store, &app, plain()), s.last).await;
+    let mut expected = s.exported.clone();
+    expected.insert("h".into(), (Bytes::from_static(b"v1"), Some(6)));
+    assert_eq!(fold_of(&store), expected, "a aged out and is kept");
+    assert_eq!(
+        app.seen().parsed,
+        vec![Some(6)],
+        "only the delta goes through parse"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bootstrap_declines_what_cannot_start_the_fold_and_leaves_the_directory_empty() {
+    let work = tempfile::tempdir().unwrap();
+    let server = MemoryServer::with_clock(ManualClock::new());
+    let kv = bucket_with(&server, StoreConfig::new("cfg").max_age(HOUR)).await;
+    put(&kv, "a.x", "v1").await; // 1
+    put(&kv, "b.x", "v1").await; // 2
+    let dir = work.path().join("fresh");
+    let empty = work.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_eq!(
+        bootstrap_into(&kv, &empty, &dir, WatchScope::All)
+            .await
+            .unwrap(),
+        Bootstrap::Declined(RestoreRefusal::NoArtifact)
+    );
+    // An artifact of `a.` alone cannot start a fold of the whole bucket.
+    let narrow = work.path().join("narrow");
+    std::fs::create_dir_all(&narrow).unwrap();
+    {
+        let (_, mut store) = open_store(&work.path().join("narrow-node"), &FaultPlan::new());
+        let token = CancellationToken::new();
+        let config = AppliedConfig::new(WatchScope::Prefix("a.".into()))
+            .store(store)
+            .shutdown(token.clone());
+        let watch = AppliedWatch::new(kv.watcher(), config);
+        let mut status = watch.status();
+        let task = tokio::spawn(watch.run(App::new().handlers()));
+        wait_status(&mut status, WatchStatus::is_ready).await;
+        token.cancel();
+        store = task.await.unwrap().store.unwrap();
+        store
+            .export_to(&narrow.join("a-only"), &WatchScope::Prefix("a.".into()))
+            .unwrap();
+    }
+    let declined = bootstrap_into(&kv, &narrow, &dir, WatchScope::All)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            declined,
+            Bootstrap::Declined(RestoreRefusal::ScopeNotCovered { .. })
+        ),
+        "{declined:?}"
+    );
+    // Below the floor: the artifact at 2 aged out of a log that starts at 4.
+    let artifacts = work.path().join("artifacts");
+    export_from(&kv, work.path(), &artifacts, "at-2", 2).await;
+    put(&kv, "c.x", "v1").await; // 3
+    server.clock().advance(2 * HOUR);
+    put(&kv, "d.x", "v1").await; // 4
+    assert_eq!(
+        bootstrap_into(&kv, &artifacts, &dir, WatchScope::All)
+            .await
+            .unwrap(),
+        Bootstrap::Declined(RestoreRefusal::ArtifactExpired {
+            artifact: 2,
+            first_sequence: 4
+        })
+    );
+    assert!(
+        !dir.exists(),
+        "nothing was written for a declined bootstrap"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bootstrap_refuses_a_tampered_artifact_and_a_directory_that_holds_a_store() {
+    let work = tempfile::tempdir().unwrap();
+    let server = MemoryServer::new();
+    let kv = bucket_with(&server, StoreConfig::new("cfg")).await;
+    put(&kv, "a", "v1").await;
+    let artifacts = work.path().join("artifacts");
+    export_from(&kv, work.path(), &artifacts, "at-1", 1).await;
+    // Flip one byte of the log the artifact carries.
+    let data = walk(&artifacts.join("at-1"))
+        .into_iter()
+        .find(|p| p.is_file() && p.file_name().is_some_and(|n| n != MANIFEST_FILE))
+        .unwrap();
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let dir = work.path().join("fresh");
+    let error = bootstrap_into(&kv, &artifacts, &dir, WatchScope::All)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            AppliedError::Store {
+                source: slipstream_snapshot::SnapshotError::ArtifactInvalid { .. },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "a refused import leaves nothing"
+    );
+    // A directory that already holds a fold is never overwritten.
+    let node = work.path().join("exporter-at-1");
+    let error = bootstrap_into(&kv, &artifacts, &node, WatchScope::All)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            AppliedError::Store {
+                source: slipstream_snapshot::SnapshotError::DestinationNotEmpty { .. },
+                ..
+            }
+        ),
+        "{error}"
+    );
 }

@@ -1,0 +1,195 @@
+//! A new node's bootstrap (R6's fast path): an empty store directory
+//! becomes the newest acceptable artifact's fold by one verified import
+//! (A3), before the store is opened; the watch then resumes from the
+//! artifact's cursor and receives only the delta.
+//!
+//! The engine's cursorless start (K9) can also restore an artifact, but it
+//! folds every entry through `parse`/`apply` and the store's commits; an
+//! import copies the artifact's files, so it costs about what a restart
+//! does. The application sees the bootstrapped fold as it sees the fold
+//! after a restart: in the store, not through `apply`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use slipstream_kv::{KvWatcher, WatchScope};
+use slipstream_snapshot::{ArtifactManifest, SnapshotError, SnapshotStore, import};
+
+use crate::error::{AppliedError, RestoreRefusal};
+use crate::restore::artifact_refusal;
+use crate::scratch::{ScratchDir, ScratchKind};
+use crate::source::RestoreSource;
+
+/// How [`bootstrap`] runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapConfig {
+    scope: WatchScope,
+    scratch: PathBuf,
+    timeout: Duration,
+}
+
+impl BootstrapConfig {
+    /// Bootstrap a fold of `scope`. Defaults: the fetched artifact is staged
+    /// in the system's temporary directory, and each step (the retention
+    /// read, finding the newest artifact, fetching it) is bounded by 10 min.
+    #[must_use]
+    pub fn new(scope: WatchScope) -> Self {
+        Self {
+            scope,
+            scratch: std::env::temp_dir(),
+            timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// Stage the fetched artifact under `dir` (a directory of its own is
+    /// made there and removed afterwards). On the store's file system the
+    /// import can hard-link instead of copying.
+    #[must_use]
+    pub fn scratch(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.scratch = dir.into();
+        self
+    }
+
+    /// The bound on each step.
+    #[must_use]
+    pub fn timeout(mut self, bound: Duration) -> Self {
+        self.timeout = bound;
+        self
+    }
+}
+
+/// How a [`bootstrap`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Bootstrap {
+    /// The directory now holds the artifact's fold, at its cursor.
+    Imported(ArtifactManifest),
+    /// No artifact can start this fold; the directory is as it was, and
+    /// the watch hydrates from the bucket as a new node does.
+    Declined(RestoreRefusal),
+}
+
+/// Fill the absent or empty store directory `dir` from the newest artifact
+/// of `source` that can start a fold of the config's scope in the bucket
+/// `watcher` follows: of backend `S`, covering the scope, of the bucket's
+/// current incarnation, and resumable inside its retained log (K6 against
+/// an empty fold: [`artifact_refusal`] with rank 0). The artifact is
+/// fetched into scratch and imported with every check of A3; its cursor
+/// is checked again as imported. Open the store afterwards as usual.
+///
+/// # Errors
+/// [`AppliedError::Store`] when `dir` is not empty or the import fails
+/// (a hostile or truncated artifact is
+/// [`SnapshotError::ArtifactInvalid`], and `dir` is left as it was);
+/// [`AppliedError::Kv`] when the retention read fails;
+/// [`AppliedError::RestoreFailed`] when the source fails or a step
+/// outlasts its bound.
+pub async fn bootstrap<S, W>(
+    watcher: &W,
+    source: &dyn RestoreSource,
+    dir: &Path,
+    options: &S::Options,
+    config: &BootstrapConfig,
+) -> Result<Bootstrap, AppliedError>
+where
+    S: SnapshotStore,
+    W: KvWatcher,
+{
+    if !is_absent_or_empty(dir) {
+        return Err(AppliedError::Store {
+            operation: "bootstrap",
+            source: SnapshotError::DestinationNotEmpty {
+                path: dir.to_owned(),
+            },
+        });
+    }
+    let bound = config.timeout;
+    let timed_out = |stage: &'static str| AppliedError::RestoreFailed {
+        stage,
+        source: format!("no answer within {bound:?}").into(),
+    };
+    let failed = |stage: &'static str| {
+        move |source: crate::source::SourceError| AppliedError::RestoreFailed { stage, source }
+    };
+    let retention = tokio::time::timeout(bound, watcher.retention())
+        .await
+        .map_err(|_| timed_out("reading the bucket's retention"))??;
+    let newest = tokio::time::timeout(bound, source.newest())
+        .await
+        .map_err(|_| timed_out("finding the newest artifact"))?
+        .map_err(failed("finding the newest artifact"))?;
+    let Some(manifest) = newest else {
+        return Ok(Bootstrap::Declined(RestoreRefusal::NoArtifact));
+    };
+    let accept =
+        |m: &ArtifactManifest| artifact_refusal(m, Some(S::BACKEND), &config.scope, 0, &retention);
+    if let Some(refusal) = accept(&manifest) {
+        return Ok(Bootstrap::Declined(refusal));
+    }
+    let scratch = ScratchDir::create(&config.scratch, ScratchKind::Restore).map_err(|e| {
+        AppliedError::RestoreFailed {
+            stage: "creating the scratch directory",
+            source: format!("{}: {}", e.path.display(), e.source).into(),
+        }
+    })?;
+    let fetched = tokio::time::timeout(bound, source.fetch(&manifest, scratch.path()))
+        .await
+        .map_err(|_| timed_out("fetching the artifact"))?
+        .map_err(failed("fetching the artifact"))?;
+    let dest = dir.to_owned();
+    let options = options.clone();
+    let imported =
+        tokio::task::spawn_blocking(move || import::<S>(&fetched, &dest, &options)).await;
+    drop(scratch);
+    let imported = match imported {
+        Ok(Ok(manifest)) => manifest,
+        Ok(Err(source)) => {
+            return Err(AppliedError::Store {
+                operation: "bootstrap import",
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(AppliedError::StorePanicked {
+                operation: "bootstrap import",
+            });
+        }
+    };
+    // The source may have changed between its manifest and its files:
+    // what was imported must pass on its own.
+    if let Some(refusal) = accept(&imported) {
+        clear(dir);
+        return Ok(Bootstrap::Declined(refusal));
+    }
+    tracing::info!(
+        dir = %dir.display(),
+        cursor = ?imported.cursor.revision(),
+        "bootstrapped the store from an artifact",
+    );
+    Ok(Bootstrap::Imported(imported))
+}
+
+fn is_absent_or_empty(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// Empty `dir` again after a declined import (it was empty before).
+fn clear(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(error) = removed {
+            tracing::warn!(path = %path.display(), %error, "removing a declined bootstrap's files");
+        }
+    }
+}
