@@ -8,7 +8,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use slipstream_protocol::{
     LeaseState, lease_takeover_allowed, payload_prunable, pointer_publish_allowed,
@@ -216,6 +216,7 @@ impl<B: Backend> Core<B> {
             payload: payload.clone(),
             rank,
             manifest_blake3: blake3::hash(&manifest_json).to_hex().to_string(),
+            published_at_unix_ms: Some(now_unix_ms()),
         };
         self.move_pointer(value).await
     }
@@ -360,6 +361,9 @@ impl<B: Backend> Core<B> {
         Ok(Some(PayloadRef {
             id: value.payload,
             rank: value.rank,
+            published_at: value
+                .published_at_unix_ms
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
             manifest,
             manifest_json,
         }))
@@ -956,6 +960,7 @@ mod tests {
         let payload = PayloadRef {
             id: new_payload_id(3),
             rank: 3,
+            published_at: None,
             manifest,
             manifest_json: Vec::new(),
         };

@@ -22,44 +22,55 @@
 //! - [`ScheduledExport`]: the periodic export loop over the engine's
 //!   [`Exporter`](slipstream_applied::Exporter) (A4: the artifact's cursor is
 //!   exactly the applied cursor).
-//! - [`TransportSource`]: any transport as the engine's restore source (R3).
+//! - [`TransportSource`]: any transport as the engine's restore source (R3)
+//!   and a new node's bootstrap source
+//!   ([`bootstrap`](slipstream_applied::bootstrap)).
+//! - [`FleetConfig`]: both, set up on an
+//!   [`AppliedConfig`](slipstream_applied::AppliedConfig).
 //!
 //! ```no_run
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //!
-//! use slipstream_applied::{AppliedConfig, export_channel};
+//! use slipstream_applied::{AppliedConfig, Bootstrap, BootstrapConfig, bootstrap};
 //! use slipstream_fleet::{
-//!     ArtifactTransport, FleetKey, ObjectStoreConfig, ObjectStoreTransport, ScheduleConfig,
-//!     ScheduledExport, TransportSource,
+//!     ArtifactTransport, FleetConfig, FleetKey, ObjectStoreConfig, ObjectStoreTransport,
+//!     ScheduleConfig, TransportSource,
 //! };
-//! use slipstream_kv::WatchScope;
-//! use slipstream_snapshot::{AppendLogStore, SnapshotStore};
+//! use slipstream_kv::{KvStore, WatchScope};
+//! use slipstream_snapshot::{AppendLogOptions, AppendLogStore, SnapshotStore};
 //! use tokio_util::sync::CancellationToken;
 //!
-//! # async fn run(client: async_nats::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run(client: async_nats::Client, bucket: impl KvStore) -> Result<(), Box<dyn std::error::Error>> {
 //! let key = FleetKey::new("config", WatchScope::All, AppendLogStore::BACKEND);
 //! let transport: Arc<dyn ArtifactTransport> = Arc::new(
 //!     ObjectStoreTransport::open(client, ObjectStoreConfig::new("artifacts"), key).await?,
 //! );
 //!
-//! // The engine serves exports, and restores from the same place.
-//! let (exporter, requests) = export_channel(1);
-//! let (_cursor, store) = AppendLogStore::open("fold".as_ref(), &Default::default())?;
-//! let _config = AppliedConfig::new(WatchScope::All)
-//!     .store(store)
-//!     .exports(requests)
-//!     .restore_from(TransportSource::new(Arc::clone(&transport)));
-//! // ... start the AppliedWatch with `_config` ...
+//! // A new node starts from the newest artifact instead of a listing.
+//! let source = TransportSource::new(Arc::clone(&transport));
+//! let options = AppendLogOptions::default();
+//! let outcome = bootstrap::<AppendLogStore, _>(
+//!     &bucket.watcher(),
+//!     &source,
+//!     "fold".as_ref(),
+//!     &options,
+//!     &BootstrapConfig::new(WatchScope::All),
+//! )
+//! .await?;
+//! if let Bootstrap::Declined(why) = outcome {
+//!     println!("hydrating from the bucket: {why}");
+//! }
 //!
-//! let schedule = ScheduledExport::new(
-//!     exporter,
-//!     transport,
-//!     ScheduleConfig::new(Duration::from_secs(300), "scratch"),
-//! );
-//! let status = schedule.status();
+//! // The engine serves exports, and repairs from the same place.
+//! let (_cursor, store) = AppendLogStore::open("fold".as_ref(), &options)?;
+//! let (_config, schedule) = AppliedConfig::new(WatchScope::All)
+//!     .store(store)
+//!     .restore_from_fleet(Arc::clone(&transport))
+//!     .export_on_schedule(transport, ScheduleConfig::new(Duration::from_secs(300), "scratch"));
+//! // ... start the AppliedWatch with `_config`, and next to it:
 //! let final_status = schedule.run(CancellationToken::new()).await;
-//! assert_eq!(final_status.rounds, status.borrow().rounds);
+//! println!("{} artifacts published", final_status.published);
 //! # Ok(())
 //! # }
 //! ```
@@ -76,7 +87,7 @@ pub use error::{FleetError, Refusal};
 pub use local::LocalDirTransport;
 pub use naming::FleetKey;
 pub use object::{ObjectStoreConfig, ObjectStoreTransport};
-pub use schedule::{ExportStatus, RoundOutcome, ScheduleConfig, ScheduledExport};
+pub use schedule::{ExportStatus, FleetConfig, RoundOutcome, ScheduleConfig, ScheduledExport};
 pub use transport::{
     ArtifactTransport, FleetTimeouts, LeaseGrant, PayloadRef, PointerReading, PruneReport,
     PublishOutcome, Published, TransportSource,

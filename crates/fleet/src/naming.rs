@@ -163,6 +163,10 @@ pub(crate) struct PointerValue {
     pub(crate) payload: String,
     pub(crate) rank: u64,
     pub(crate) manifest_blake3: String,
+    /// When the pointer was moved here (wall clock, ms since the Unix
+    /// epoch); absent in values written without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) published_at_unix_ms: Option<u64>,
 }
 
 impl PointerValue {
@@ -241,6 +245,7 @@ mod tests {
             payload: new_payload_id(5),
             rank: 5,
             manifest_blake3: "0".repeat(64),
+            published_at_unix_ms: Some(1),
         };
         assert_eq!(PointerValue::parse(&good.encode()), Some(good.clone()));
         let lying = PointerValue { rank: 6, ..good };

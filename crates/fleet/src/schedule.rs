@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use slipstream_applied::{AppliedError, Exporter};
+use slipstream_applied::{AppliedConfig, AppliedError, Exporter, export_channel};
+use slipstream_snapshot::SnapshotStore;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -275,6 +276,43 @@ impl ScheduledExport {
                 })
             }
         }
+    }
+}
+
+/// Scheduled exports and fleet restores set up on an [`AppliedConfig`].
+pub trait FleetConfig: Sized {
+    /// Serve the engine's exports to a [`ScheduledExport`] publishing to
+    /// `transport` as `schedule` says; run the returned exporter next to
+    /// the watch.
+    #[must_use]
+    fn export_on_schedule(
+        self,
+        transport: Arc<dyn ArtifactTransport>,
+        schedule: ScheduleConfig,
+    ) -> (Self, ScheduledExport);
+
+    /// Restore from `transport`'s newest artifact when a repair needs one
+    /// (R3).
+    #[must_use]
+    fn restore_from_fleet(self, transport: Arc<dyn ArtifactTransport>) -> Self;
+}
+
+impl<S: SnapshotStore> FleetConfig for AppliedConfig<S> {
+    fn export_on_schedule(
+        self,
+        transport: Arc<dyn ArtifactTransport>,
+        schedule: ScheduleConfig,
+    ) -> (Self, ScheduledExport) {
+        // One request in flight: a round waits for its own export.
+        let (exporter, requests) = export_channel(1);
+        (
+            self.exports(requests),
+            ScheduledExport::new(exporter, transport, schedule),
+        )
+    }
+
+    fn restore_from_fleet(self, transport: Arc<dyn ArtifactTransport>) -> Self {
+        self.restore_from(crate::TransportSource::new(transport))
     }
 }
 

@@ -5,7 +5,7 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use slipstream_applied::{RestoreSource, SourceError};
@@ -82,6 +82,8 @@ pub struct PayloadRef {
     pub id: String,
     /// Its cursor's rank.
     pub rank: u64,
+    /// When the pointer was moved to it, by the publisher's clock.
+    pub published_at: Option<SystemTime>,
     /// Its manifest.
     pub manifest: ArtifactManifest,
     /// The manifest's exact bytes, written as is into a fetched copy.
