@@ -14,6 +14,9 @@ pub(crate) enum CliError {
     /// Talking to the NATS server failed.
     #[error("{0}")]
     Kv(#[from] KvError),
+    /// An artifact transport failed, or refused what it found.
+    #[error("artifacts: {0}")]
+    Fleet(#[from] slipstream::fleet::FleetError),
     /// The mirror's engine stopped with an error.
     #[error("{0}")]
     Applied(AppliedError),

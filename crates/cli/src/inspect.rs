@@ -5,12 +5,16 @@ use core::ops::ControlFlow;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use std::time::{Duration, SystemTime};
+
 use slipstream::{
-    BackendId, Connection, KvStore, KvWatcher, Retention, SnapshotStore, WatchCursor,
+    ArtifactManifest, BackendId, Connection, KvStore, KvWatcher, Retention, SnapshotStore,
+    WatchCursor, artifact_refusal,
 };
 
 use crate::backend::{WithStore, open_store};
 use crate::error::CliError;
+use crate::fleet::{ArtifactsArg, Opener};
 use crate::layout::StoreDir;
 use crate::server::ServerArgs;
 
@@ -30,6 +34,15 @@ pub(crate) struct StoreInfo {
     pub(crate) live_bytes: u64,
     /// Bytes on disk (an estimate for LSM stores).
     pub(crate) disk_bytes: u64,
+}
+
+/// The newest artifact of `status --artifacts`.
+#[derive(Debug, Clone)]
+pub(crate) struct NewestArtifact {
+    /// Where it was looked for, as given.
+    pub(crate) place: String,
+    /// Its manifest and when it was published (or written), if any.
+    pub(crate) found: Option<(ArtifactManifest, Option<SystemTime>)>,
 }
 
 /// Read a store's figures.
@@ -62,16 +75,53 @@ impl WithStore for ReadInfo {
     }
 }
 
-/// The live side of `status`: the bucket's retention now.
-pub(crate) async fn read_retention(
-    server: &ServerArgs,
+/// What `status` reads beyond the store: the bucket's retention (with a
+/// server) and the newest artifact (with `--artifacts`), on one
+/// connection.
+///
+/// # Errors
+/// Connection, bucket and transport failures.
+pub(crate) async fn read_live(
+    server: Option<&ServerArgs>,
     bucket: &str,
-) -> Result<Retention, CliError> {
-    let conn = server.connect().await?;
-    let store = conn.store(bucket).await?;
-    let retention = store.watcher().retention().await;
-    let _ = conn.shutdown().await;
-    Ok(retention?)
+    dir: &StoreDir,
+    backend: BackendId,
+    artifacts: Option<&ArtifactsArg>,
+) -> Result<(Option<Retention>, Option<NewestArtifact>), CliError> {
+    let conn = match server {
+        Some(server) => Some(server.connect().await?),
+        None => None,
+    };
+    let result = async {
+        let retention = match &conn {
+            Some(conn) => Some(conn.store(bucket).await?.watcher().retention().await?),
+            None => None,
+        };
+        let newest = match artifacts {
+            None => None,
+            Some(arg) => {
+                let opener = Opener {
+                    conn: conn.as_ref(),
+                    bucket,
+                    scope: dir.scope(),
+                    backend,
+                    replicas: 1,
+                    timeout: Duration::from_secs(server.map_or(10, |s| s.timeout)),
+                };
+                let found = opener.artifacts(arg, false).await?.newest().await?;
+                Some(NewestArtifact {
+                    place: arg.to_string(),
+                    found,
+                })
+            }
+        };
+        Ok::<_, CliError>((retention, newest))
+    }
+    .await;
+    if let Some(conn) = conn {
+        let _ = conn.shutdown().await;
+    }
+    result
 }
 
 /// Render `status` as `name: value` lines.
@@ -80,6 +130,7 @@ pub(crate) fn render(
     info: &StoreInfo,
     bucket: Option<&str>,
     live: Option<&Retention>,
+    artifact: Option<&NewestArtifact>,
 ) -> String {
     let mut out = String::new();
     let revision = |c: Option<u64>| c.map_or_else(|| "none".to_owned(), |r| r.to_string());
@@ -151,7 +202,42 @@ pub(crate) fn render(
             let _ = writeln!(out, "{name:<24}{value}");
         }
     }
+    if let Some(a) = artifact {
+        for (name, value) in artifact_lines(dir, info, live, a) {
+            let _ = writeln!(out, "{name:<24}{value}");
+        }
+    }
     out
+}
+
+/// The newest artifact's revision and age, and with a live bucket whether a
+/// new node could start from it (K6 against an empty fold).
+fn artifact_lines(
+    dir: &StoreDir,
+    info: &StoreInfo,
+    live: Option<&Retention>,
+    a: &NewestArtifact,
+) -> Vec<(&'static str, String)> {
+    let Some((manifest, published)) = &a.found else {
+        return vec![("artifact", format!("none in {}", a.place))];
+    };
+    let revision = manifest
+        .cursor
+        .revision()
+        .map_or_else(|| "none".to_owned(), |r| r.to_string());
+    let age = published
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map_or_else(|| "unknown".to_owned(), crate::fleet::describe_age);
+    let mut lines = vec![
+        ("artifact", format!("revision {revision} in {}", a.place)),
+        ("artifact age", age),
+    ];
+    if let Some(r) = live {
+        let usable = artifact_refusal(manifest, Some(info.backend), &dir.scope(), 0, r)
+            .map_or_else(|| "yes".to_owned(), |why| format!("no: {why}"));
+        lines.push(("artifact bootstraps", usable));
+    }
+    lines
 }
 
 /// Whether a relist could repair this fold (K7), with why, and what a repair

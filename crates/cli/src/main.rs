@@ -9,6 +9,7 @@
 mod backend;
 mod dump;
 mod error;
+mod fleet;
 mod inspect;
 mod kv;
 mod layout;
@@ -69,6 +70,11 @@ enum Command {
         /// The bucket (default: the one the store records).
         #[arg(long, value_name = "NAME", requires = "server")]
         bucket: Option<String>,
+        /// Also show the newest artifact there (a directory, or
+        /// `nats://BUCKET` with --server): its revision, its age, and
+        /// whether a new node could start from it.
+        #[arg(long, value_name = "DIR|nats://BUCKET")]
+        artifacts: Option<fleet::ArtifactsArg>,
         /// Bound on every server round-trip, in seconds.
         #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout: u64,
@@ -168,8 +174,9 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             store,
             server,
             bucket,
+            artifacts,
             timeout,
-        } => status(&store, server, bucket, timeout),
+        } => status(&store, server, bucket, artifacts, timeout),
         Command::Export { store, out } => {
             let dir = StoreDir::open(&store)?;
             let scope = dir.scope();
@@ -218,27 +225,49 @@ fn status(
     store: &std::path::Path,
     server: Option<String>,
     bucket: Option<String>,
+    artifacts: Option<fleet::ArtifactsArg>,
     timeout: u64,
 ) -> Result<(), CliError> {
     let dir = StoreDir::open(store)?;
     let info = dispatch(dir.backend, &dir.fold, inspect::ReadInfo)?;
     let bucket = bucket.or_else(|| dir.marker.as_ref().and_then(|m| m.bucket.clone()));
-    let live = match server {
-        None => None,
-        Some(url) => {
-            let Some(name) = bucket.as_deref() else {
-                return Err(CliError::Usage(
-                    "the store records no bucket: pass --bucket NAME".into(),
-                ));
+    if server.is_none() && matches!(artifacts, Some(fleet::ArtifactsArg::ObjectStore(_))) {
+        return Err(CliError::Usage(
+            "--artifacts nats://BUCKET needs --server".into(),
+        ));
+    }
+    let (live, newest) = match (server, artifacts) {
+        (None, None) => (None, None),
+        (server, artifacts) => {
+            let name = match bucket.clone() {
+                Some(name) => name,
+                None if server.is_none() => String::new(),
+                None => {
+                    return Err(CliError::Usage(
+                        "the store records no bucket: pass --bucket NAME".into(),
+                    ));
+                }
             };
-            let args = ServerArgs {
+            let args = server.map(|url| ServerArgs {
                 server: url,
                 timeout,
-            };
-            Some(runtime()?.block_on(inspect::read_retention(&args, name))?)
+            });
+            runtime()?.block_on(inspect::read_live(
+                args.as_ref(),
+                &name,
+                &dir,
+                info.backend,
+                artifacts.as_ref(),
+            ))?
         }
     };
-    let text = inspect::render(&dir, &info, bucket.as_deref(), live.as_ref());
+    let text = inspect::render(
+        &dir,
+        &info,
+        bucket.as_deref(),
+        live.as_ref(),
+        newest.as_ref(),
+    );
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())

@@ -2,20 +2,25 @@
 //! directory, resuming after restarts.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use slipstream::fleet::{ArtifactTransport, ExportStatus, FleetConfig, ScheduleConfig};
 use slipstream::kv::{Connection, KvStore};
 use slipstream::{
-    AppliedConfig, AppliedError, AppliedWatch, LocalArtifacts, MassDeletePolicy, NatsBucket,
-    OnExpiry, Phase, RepairMode, SnapshotStore, StatusReceiver, StopReason, WatchScope, handlers,
+    AppliedConfig, AppliedError, AppliedWatch, Bootstrap, BootstrapConfig, MassDeletePolicy,
+    NatsBucket, NatsConnection, OnExpiry, Phase, RepairMode, SnapshotStore, StatusReceiver,
+    StopReason, WatchScope, bootstrap, handlers,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{WithStore, dispatch, open_store};
 use crate::error::CliError;
-use crate::layout::{BackendKind, Marker, StoreDir, prefixes_of, scope_of};
+use crate::fleet::{Artifacts, ArtifactsArg, Opener, parse_duration};
+use crate::layout::{BackendKind, Marker, StoreDir, is_absent_or_empty, prefixes_of, scope_of};
 use crate::server::ServerArgs;
 
 /// What to do when the store's cursor is outside the bucket's retained
@@ -63,6 +68,16 @@ impl MassDeleteArg {
     }
 }
 
+/// How a new node (an empty store) starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BootstrapArg {
+    /// Import the newest usable artifact of `--artifacts`, then take the
+    /// delta; hydrate from the bucket when there is none.
+    Artifact,
+    /// Always hydrate from the bucket.
+    Listing,
+}
+
 /// `mirror`'s arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct MirrorArgs {
@@ -84,9 +99,29 @@ pub(crate) struct MirrorArgs {
     /// How to repair a cursor that retention has passed.
     #[arg(long, value_enum, default_value_t = RepairArg::Auto)]
     pub(crate) repair: RepairArg,
-    /// A directory of artifacts to restore from.
-    #[arg(long, value_name = "DIR")]
-    pub(crate) artifacts: Option<PathBuf>,
+    /// Where to restore and bootstrap from: a directory of artifacts
+    /// (copied in by hand, or published by `--export-to DIR`), or
+    /// `nats://BUCKET`, an object store bucket on this server.
+    #[arg(long, value_name = "DIR|nats://BUCKET")]
+    pub(crate) artifacts: Option<ArtifactsArg>,
+    /// How a new node's empty store starts.
+    #[arg(long, value_enum, default_value_t = BootstrapArg::Artifact)]
+    pub(crate) bootstrap: BootstrapArg,
+    /// Export the fold every DURATION (e.g. 30s, 5m, 1h) while mirroring,
+    /// and publish it to `--export-to` (default: `--artifacts`); one
+    /// exporter at a time per bucket, scope and backend holds the lease.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) export_every: Option<Duration>,
+    /// Where scheduled exports are published: a directory or
+    /// `nats://BUCKET` (created when absent).
+    #[arg(long, value_name = "DIR|nats://BUCKET", requires = "export_every")]
+    pub(crate) export_to: Option<ArtifactsArg>,
+    /// Published artifacts to keep (the newest one is always kept).
+    #[arg(long, value_name = "N", default_value = "3")]
+    pub(crate) keep_artifacts: NonZeroUsize,
+    /// Replicas of an object store bucket this mirror creates.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub(crate) artifact_replicas: u8,
     /// Whether a repair may delete more than half of the fold.
     #[arg(long, value_enum, default_value_t = MassDeleteArg::Hold)]
     pub(crate) mass_delete: MassDeleteArg,
@@ -109,11 +144,17 @@ pub(crate) fn run(args: MirrorArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Usage(format!("--prefix: {e}")))?;
     if args.repair == RepairArg::Restore && args.artifacts.is_none() {
         return Err(CliError::Usage(
-            "--repair restore needs --artifacts DIR".into(),
+            "--repair restore needs --artifacts DIR|nats://BUCKET".into(),
         ));
     }
-    if let Some(dir) = &args.artifacts
+    if args.export_every.is_some() && args.export_destination().is_none() {
+        return Err(CliError::Usage(
+            "--export-every needs --export-to DIR|nats://BUCKET (or --artifacts)".into(),
+        ));
+    }
+    if let Some(ArtifactsArg::Dir(dir)) = &args.artifacts
         && !dir.is_dir()
+        && args.export_destination() != args.artifacts.as_ref()
     {
         return Err(CliError::Usage(format!(
             "--artifacts {}: not a directory",
@@ -141,6 +182,14 @@ pub(crate) fn run(args: MirrorArgs) -> Result<(), CliError> {
             existing,
         },
     )
+}
+
+impl MirrorArgs {
+    /// Where scheduled exports go, if any.
+    fn export_destination(&self) -> Option<&ArtifactsArg> {
+        self.export_every?;
+        self.export_to.as_ref().or(self.artifacts.as_ref())
+    }
 }
 
 /// Refuse a store built for another backend, bucket or scope.
@@ -212,9 +261,9 @@ impl WithStore for Mirror {
                     return Err(e.into());
                 }
             };
-            let result = bind_store::<S>(&self, fold);
+            let result = start::<S>(&self, &conn, &bucket, fold).await;
             let result = match result {
-                Ok(store) => mirror(store, bucket, self.args, self.scope).await,
+                Ok(started) => mirror(started, bucket, self.args, self.scope).await,
                 Err(e) => Err(e),
             };
             let _ = conn.shutdown().await;
@@ -223,9 +272,77 @@ impl WithStore for Mirror {
     }
 }
 
-/// Create the store directory (or name the bucket in a bare one's marker),
-/// then open its store.
-fn bind_store<S: SnapshotStore>(m: &Mirror, fold: &Path) -> Result<S, CliError> {
+/// An opened store and the artifact places the mirror uses.
+struct Started<S> {
+    store: S,
+    artifacts: Option<Artifacts>,
+    exports: Option<Arc<dyn ArtifactTransport>>,
+}
+
+/// Open the artifact places, bind the store directory, bootstrap a new
+/// node's empty fold from the newest usable artifact, and open the store.
+async fn start<S: SnapshotStore>(
+    m: &Mirror,
+    conn: &NatsConnection,
+    bucket: &NatsBucket,
+    fold: &Path,
+) -> Result<Started<S>, CliError> {
+    let opener = Opener {
+        conn: Some(conn),
+        bucket: &m.args.bucket,
+        scope: m.scope.clone(),
+        backend: S::BACKEND,
+        replicas: usize::from(m.args.artifact_replicas),
+        timeout: Duration::from_secs(m.args.server.timeout),
+    };
+    let destination = m.args.export_destination();
+    let exports = match destination {
+        Some(dest) => Some(opener.transport(dest).await?),
+        None => None,
+    };
+    let artifacts = match &m.args.artifacts {
+        // The same place as the exports: one transport for both.
+        Some(arg) if Some(arg) == destination => exports.clone().map(Artifacts::Fleet),
+        Some(arg) => Some(opener.artifacts(arg, false).await?),
+        None => None,
+    };
+    bind_store(m)?;
+    if let Some(artifacts) = &artifacts
+        && m.args.bootstrap == BootstrapArg::Artifact
+        && is_absent_or_empty(fold)?
+    {
+        let source = artifacts.source();
+        let config = BootstrapConfig::new(m.scope.clone());
+        let outcome = bootstrap::<S, _>(
+            &bucket.watcher(),
+            &*source,
+            fold,
+            &S::Options::default(),
+            &config,
+        )
+        .await?;
+        match outcome {
+            Bootstrap::Imported(manifest) => tracing::info!(
+                artifact = %m.args.artifacts.as_ref().map(ToString::to_string).unwrap_or_default(),
+                cursor = ?manifest.cursor.revision(),
+                "bootstrapped from an artifact; taking the delta"
+            ),
+            Bootstrap::Declined(why) => {
+                tracing::info!(%why, "no artifact to bootstrap from; hydrating from the bucket");
+            }
+            _ => {}
+        }
+    }
+    let store = open_store(fold)?;
+    Ok(Started {
+        store,
+        artifacts,
+        exports,
+    })
+}
+
+/// Create the store directory (or name the bucket in a bare one's marker).
+fn bind_store(m: &Mirror) -> Result<(), CliError> {
     let mut dir = match &m.existing {
         Some(dir) => dir.clone(),
         None => StoreDir::create(
@@ -241,15 +358,20 @@ fn bind_store<S: SnapshotStore>(m: &Mirror, fold: &Path) -> Result<S, CliError> 
             ..marker
         })?;
     }
-    open_store(fold)
+    Ok(())
 }
 
 async fn mirror<S: SnapshotStore>(
-    store: S,
+    started: Started<S>,
     bucket: NatsBucket,
     args: MirrorArgs,
     scope: WatchScope,
 ) -> Result<(), CliError> {
+    let Started {
+        store,
+        artifacts,
+        exports,
+    } = started;
     let shutdown = CancellationToken::new();
     crate::signals::cancel_on_signal(shutdown.clone());
     if let Some(addr) = args.metrics {
@@ -269,8 +391,22 @@ async fn mirror<S: SnapshotStore>(
         .on_expiry(args.repair.on_expiry())
         .mass_delete(args.mass_delete.policy())
         .shutdown(shutdown.clone());
-    if let Some(dir) = &args.artifacts {
-        config = config.restore_from(LocalArtifacts::new(dir));
+    if let Some(artifacts) = &artifacts {
+        config = match artifacts {
+            Artifacts::Hand(dir) => config.restore_from(dir.clone()),
+            Artifacts::Fleet(transport) => config.restore_from_fleet(Arc::clone(transport)),
+        };
+    }
+    let mut schedule = None;
+    if let (Some(transport), Some(every)) = (exports, args.export_every) {
+        let staging = args.store.join(EXPORT_STAGING_DIR);
+        let plan = ScheduleConfig::new(every, staging).keep_last(args.keep_artifacts);
+        let (with_exports, exporter) = config.export_on_schedule(transport, plan);
+        config = with_exports;
+        let status = exporter.status();
+        let reporter = tokio::spawn(report_exports(status));
+        let run = tokio::spawn(exporter.run(shutdown.clone()));
+        schedule = Some((run, reporter));
     }
     let watch = AppliedWatch::new(bucket.watcher(), config);
     let progress = tokio::spawn(show_progress(watch.status(), start));
@@ -284,6 +420,18 @@ async fn mirror<S: SnapshotStore>(
     let result = watch.run_and_close(handlers(parse, |_batch| {})).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), progress).await;
+    if let Some((run, reporter)) = schedule {
+        // A round in flight ends at its next await; the lease is released.
+        let bound = Duration::from_secs(args.server.timeout);
+        if let Ok(Ok(status)) = tokio::time::timeout(bound, run).await {
+            tracing::info!(
+                rounds = status.rounds,
+                published = status.published,
+                "scheduled exports stopped"
+            );
+        }
+        reporter.abort();
+    }
     match result {
         Ok(stopped) => {
             let how = match stopped.reason {
@@ -310,22 +458,55 @@ async fn mirror<S: SnapshotStore>(
     }
 }
 
+/// Where scheduled exports are staged inside the store directory (on the
+/// store's file system, and removed once published).
+const EXPORT_STAGING_DIR: &str = "exports";
+
+/// A log line per published artifact and per failed round.
+async fn report_exports(mut status: tokio::sync::watch::Receiver<ExportStatus>) {
+    let mut seen = ExportStatus::default();
+    while status.changed().await.is_ok() {
+        let now = status.borrow_and_update().clone();
+        if now.published > seen.published {
+            tracing::info!(rank = ?now.last_rank, "published an artifact");
+        }
+        if now.last_error.is_some() && now.last_error != seen.last_error {
+            tracing::warn!(
+                error = now.last_error.as_deref().unwrap_or_default(),
+                failures = now.consecutive_failures,
+                "a scheduled export failed; the next one runs on schedule"
+            );
+        }
+        if now.holds_lease != seen.holds_lease && now.rounds > 0 {
+            if now.holds_lease {
+                tracing::info!("holding the export lease");
+            } else if let Some(slipstream::fleet::RoundOutcome::NotLeader { holder }) =
+                &now.last_outcome
+            {
+                tracing::info!(%holder, "another mirror holds the export lease");
+            }
+        }
+        seen = now;
+    }
+}
+
 /// The flag that would let a refused repair go on, for exit 3's line.
 fn repair_fix(e: &AppliedError, args: &MirrorArgs) -> Option<String> {
-    const EXPORT: &str = "an artifact `slipstream export` wrote on a caught-up node";
-    let artifacts = args.artifacts.as_ref().map(|d| d.display().to_string());
+    const EXPORT: &str =
+        "an artifact `slipstream export` or `mirror --export-every` wrote on a caught-up node";
+    let artifacts = args.artifacts.as_ref().map(ToString::to_string);
     Some(match e {
         AppliedError::RelistRefused { .. } => format!(
-            "only an artifact can repair it: use --repair auto with --artifacts DIR ({EXPORT})"
+            "only an artifact can repair it: use --repair auto with --artifacts DIR|nats://BUCKET ({EXPORT})"
         ),
         AppliedError::RestoreUnavailable { .. } => {
-            format!("pass --artifacts DIR holding {EXPORT}")
+            format!("pass --artifacts DIR|nats://BUCKET holding {EXPORT}")
         }
         AppliedError::RestoreRefused { .. } => match artifacts {
             Some(dir) => {
                 format!("put into --artifacts {dir} a newer artifact of this bucket ({EXPORT})")
             }
-            None => format!("pass --artifacts DIR holding {EXPORT}"),
+            None => format!("pass --artifacts DIR|nats://BUCKET holding {EXPORT}"),
         },
         AppliedError::MassDeleteHeld { .. } => {
             "check the bucket; if the deletions are meant, run once with --mass-delete allow"

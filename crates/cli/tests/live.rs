@@ -289,7 +289,7 @@ async fn a_repair_that_needs_an_artifact_exits_3_naming_the_flag_and_status_says
     );
 
     mirror_once(&url, "capped", &store, &[])
-        .assert_one_line_error(3, "pass --artifacts DIR holding an artifact");
+        .assert_one_line_error(3, "pass --artifacts DIR|nats://BUCKET holding an artifact");
     mirror_once(&url, "capped", &store, &["--repair", "relist"])
         .assert_one_line_error(3, "use --repair auto with --artifacts DIR");
     let empty = dir.path().join("artifacts");

@@ -78,6 +78,11 @@ pub use slipstream_snapshot as snapshot;
 /// The applied-watch engine.
 pub use slipstream_applied as applied;
 
+/// Fleet artifacts: transports, the artifact pointer, the export lease and
+/// scheduled exports.
+#[cfg(feature = "fleet")]
+pub use slipstream_fleet as fleet;
+
 /// The NATS JetStream backend.
 #[cfg(feature = "nats")]
 pub use slipstream_nats as nats;
@@ -95,10 +100,11 @@ pub use slipstream_fjall as fjall;
 pub use slipstream_rocksdb as rocksdb;
 
 pub use slipstream_applied::{
-    AppliedConfig, AppliedError, AppliedWatch, BatchPolicy, ExportRequest, ExportRequests,
-    Exporter, Finished, Handlers, LocalArtifacts, MassDeleteLimit, MassDeletePolicy, OnExpiry,
-    Phase, RepairCause, RepairMode, RestoreRefusal, RestoreSource, RetryPolicy, ScratchPolicy,
-    StatusReceiver, StopReason, Stopped, Timeouts, WatchStatus, export_channel, handlers,
+    AppliedConfig, AppliedError, AppliedWatch, BatchPolicy, Bootstrap, BootstrapConfig,
+    ExportRequest, ExportRequests, Exporter, Finished, Handlers, LocalArtifacts, MassDeleteLimit,
+    MassDeletePolicy, OnExpiry, Phase, RepairCause, RepairMode, RestoreRefusal, RestoreSource,
+    RetryPolicy, ScratchPolicy, StatusReceiver, StopReason, Stopped, Timeouts, WatchStatus,
+    artifact_refusal, bootstrap, export_channel, handlers,
 };
 #[cfg(feature = "fjall")]
 pub use slipstream_fjall::{FjallOptions, FjallStore};
