@@ -465,6 +465,8 @@ const EXPORT_STAGING_DIR: &str = "exports";
 /// A log line per published artifact and per failed round.
 async fn report_exports(mut status: tokio::sync::watch::Receiver<ExportStatus>) {
     let mut seen = ExportStatus::default();
+    // `None`: this mirror holds the lease; the first round always logs.
+    let mut leader = Some(String::new());
     while status.changed().await.is_ok() {
         let now = status.borrow_and_update().clone();
         if now.published > seen.published {
@@ -477,14 +479,17 @@ async fn report_exports(mut status: tokio::sync::watch::Receiver<ExportStatus>) 
                 "a scheduled export failed; the next one runs on schedule"
             );
         }
-        if now.holds_lease != seen.holds_lease && now.rounds > 0 {
-            if now.holds_lease {
-                tracing::info!("holding the export lease");
-            } else if let Some(slipstream::fleet::RoundOutcome::NotLeader { holder }) =
-                &now.last_outcome
-            {
-                tracing::info!(%holder, "another mirror holds the export lease");
+        let holder = match &now.last_outcome {
+            Some(slipstream::fleet::RoundOutcome::NotLeader { holder }) => Some(holder.clone()),
+            Some(_) => None,
+            None => leader.clone(),
+        };
+        if holder != leader {
+            match &holder {
+                None => tracing::info!("holding the export lease"),
+                Some(holder) => tracing::info!(%holder, "another mirror holds the export lease"),
             }
+            leader = holder;
         }
         seen = now;
     }

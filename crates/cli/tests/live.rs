@@ -576,3 +576,148 @@ async fn mirror_serves_prometheus_metrics_and_stops_on_sigint() {
     );
     assert_eq!(dumped(&store).0, Some(25));
 }
+
+/// The newest artifact's rank in the object store `fleet` for the
+/// append-log fold of the whole `bucket`.
+async fn published_rank(url: &str, bucket: &str) -> Option<u64> {
+    use slipstream::fleet::{ArtifactTransport, FleetKey, ObjectStoreConfig, ObjectStoreTransport};
+    let client = slipstream_it::connect(url).await.client().unwrap();
+    let key = FleetKey::new(
+        bucket,
+        slipstream::WatchScope::All,
+        <slipstream::AppendLogStore as slipstream::SnapshotStore>::BACKEND,
+    );
+    let transport = ObjectStoreTransport::open(client, ObjectStoreConfig::new("fleet"), key)
+        .await
+        .unwrap();
+    transport.pointer().await.unwrap().rank()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live: needs NATS_SERVER_BIN; `cargo xtask it` runs it"]
+async fn mirrors_export_to_the_object_store_and_nodes_restore_and_bootstrap_from_it() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let conn = slipstream_it::connect(&url).await;
+    let max_age = Duration::from_secs(2);
+    let bucket =
+        slipstream_it::open(&conn, StoreConfig::new("edge").history(5).max_age(max_age)).await;
+    let dir = TempDir::new("cli-fleet");
+    let store = |name: &str| dir.path().join(name);
+    write(&bucket, 0..20, "a").await;
+    // Node B syncs and goes down.
+    let mut b = Mirror::start(&url, "edge", &store("b"), dir.path().join("b1.log"), &[]);
+    b.wait_caught_up().await;
+    assert_eq!(b.terminate().await, Some(0));
+
+    // Two running mirrors export on a short schedule; one holds the lease.
+    let export = [
+        "--export-every",
+        "200ms",
+        "--export-to",
+        "nats://fleet",
+        "--artifacts",
+        "nats://fleet",
+    ];
+    let mut a = Mirror::start(&url, "edge", &store("a"), dir.path().join("a.log"), &export);
+    a.wait_caught_up().await;
+    let mut a2 = Mirror::start(
+        &url,
+        "edge",
+        &store("a2"),
+        dir.path().join("a2.log"),
+        &export,
+    );
+    a2.wait_caught_up().await;
+    write(&bucket, 0..10, "b").await;
+    // Keys 10..20 keep only their first values, which age out: the bucket
+    // no longer lists them, the running mirrors' folds keep them.
+    let aged_out = wait_until(Duration::from_secs(30), || async {
+        !truth(&bucket).await.contains_key("cfg.0015")
+    })
+    .await;
+    assert!(aged_out, "max_age removed the untouched keys");
+    let last = slipstream::KvWatcher::retention(&bucket.watcher())
+        .await
+        .unwrap()
+        .last_revision;
+    let published = wait_until(Duration::from_secs(30), || async {
+        published_rank(&url, "edge").await >= Some(last)
+    })
+    .await;
+    assert!(published, "an export at {last} was published: {}", a.log());
+    assert_eq!(a.terminate().await, Some(0));
+    assert_eq!(a2.terminate().await, Some(0));
+    let (logs_a, logs_a2) = (a.log(), a2.log());
+    let holders = [&logs_a, &logs_a2]
+        .iter()
+        .filter(|l| l.contains("holding the export lease"))
+        .count();
+    assert_eq!(
+        holders, 1,
+        "one exporter holds the lease:\n{logs_a}\n{logs_a2}"
+    );
+    assert!(
+        [&logs_a, &logs_a2]
+            .iter()
+            .any(|l| l.contains("another mirror holds the export lease")),
+        "the other one is told so:\n{logs_a}\n{logs_a2}"
+    );
+    let (exporter_cursor, exported) = dumped(&store("a"));
+    assert_eq!(exporter_cursor, Some(last));
+    assert!(
+        exported.contains_key("cfg.0015"),
+        "the exporter kept aged-out keys"
+    );
+
+    // Node B, down past retention, restores from the object store alone.
+    let mut b = Mirror::start(
+        &url,
+        "edge",
+        &store("b"),
+        dir.path().join("b2.log"),
+        &["--artifacts", "nats://fleet"],
+    );
+    b.wait_caught_up().await;
+    assert_eq!(b.terminate().await, Some(0));
+    assert_eq!(
+        dumped(&store("b")),
+        (Some(last), exported.clone()),
+        "{}",
+        b.log()
+    );
+
+    // A new node bootstraps from it and equals the exporter too.
+    let mut c = Mirror::start(
+        &url,
+        "edge",
+        &store("c"),
+        dir.path().join("c.log"),
+        &["--artifacts", "nats://fleet"],
+    );
+    c.wait_caught_up().await;
+    assert_eq!(c.terminate().await, Some(0));
+    assert!(
+        c.log().contains("bootstrapped from an artifact"),
+        "{}",
+        c.log()
+    );
+    assert_eq!(dumped(&store("c")), (Some(last), exported));
+
+    let status = run(&[
+        "status",
+        "--store",
+        s(&store("c")),
+        "--server",
+        &url,
+        "--artifacts",
+        "nats://fleet",
+    ])
+    .ok();
+    assert!(
+        status.contains(&format!("revision {last} in nats://fleet")),
+        "{status}"
+    );
+    assert!(status.contains("artifact age"), "{status}");
+    assert!(status.contains("artifact bootstraps"), "{status}");
+}

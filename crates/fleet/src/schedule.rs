@@ -174,7 +174,12 @@ impl ScheduledExport {
         // export behind (the engine finishes an export it has started).
         let scratch = self.config.scratch.clone();
         let _ = tokio::task::spawn_blocking(move || remove_leftovers(&scratch)).await;
-        let mut ticker = tokio::time::interval(self.config.every);
+        // The first round waits one period: a mirror that just started is
+        // still hydrating, and its fold is no news to the fleet.
+        let mut ticker = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.every,
+            self.config.every,
+        );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -251,7 +256,8 @@ impl ScheduledExport {
         let manifest = self.exporter.export(&dest).await?;
         let rank = manifest.cursor.rank();
         let pointer = self.transport.pointer().await?;
-        if pointer.rank().is_some_and(|p| p >= rank) {
+        // An empty fold at no position helps no node: nothing to publish.
+        if rank == 0 || pointer.rank().is_some_and(|p| p >= rank) {
             staged.remove().await;
             return Ok(RoundOutcome::UpToDate { rank });
         }
