@@ -51,6 +51,12 @@ const TARGETS: &[Target] = &[
     },
     Target {
         package: "slipstream-it",
+        bench: "fleet",
+        features: &[],
+        needs_server: true,
+    },
+    Target {
+        package: "slipstream-it",
         bench: "hot_keys",
         features: &[],
         needs_server: true,
