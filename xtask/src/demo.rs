@@ -1,8 +1,9 @@
 //! `cargo xtask demo` (X2): the README's walk-through. A throwaway
 //! nats-server, a bucket of a few hundred keys, `slipstream mirror` stopped
 //! and restarted (only the delta arrives), retention pushed past a stopped
-//! mirror's cursor (detected, then repaired), and `slipstream status` at
-//! the end. Every step says what it shows.
+//! mirror's cursor (detected, then repaired), `slipstream status`, and the
+//! fleet path: a running mirror exporting to the NATS object store and a
+//! new node bootstrapping from it. Every step says what it shows.
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -138,12 +139,48 @@ fn walk_through(cli: &Cli) -> Result<(), XtaskError> {
             show(&resumed.log_lines(&["starting mirror", "updates received"]));
             say("7. Its status against the live bucket:");
             show(&cli.run(&["status", "--store", path(&repaired)?, "--server", &cli.url])?);
-            return Ok(());
+            return fleet(cli, &node_b);
         }
     }
     other.stop()?;
     say("7. Node A's status against the live bucket:");
     show(&cli.run(&["status", "--store", path(&node_a)?, "--server", &cli.url])?);
+    fleet(cli, &node_b)
+}
+
+/// The fleet path: a running mirror exports to the NATS object store, and
+/// a brand-new node bootstraps from it.
+fn fleet(cli: &Cli, node_b: &Path) -> Result<(), XtaskError> {
+    let artifacts = format!("nats://{BUCKET}-artifacts");
+    say(&format!(
+        "8. A fleet needs only NATS: node B mirrors again, exporting its running fold every \
+         second to the object store bucket `{BUCKET}-artifacts` (created here)."
+    ));
+    let mut exporter = cli.mirror_with(
+        node_b,
+        "b-export",
+        &["--export-every", "1s", "--artifacts", &artifacts],
+    )?;
+    exporter.wait_for("published an artifact")?;
+    show(&exporter.log_lines(&["export lease", "published an artifact"]));
+    say("9. A brand-new node C starts from the newest artifact instead of relisting the bucket:");
+    cli.put("after-export", "1")?;
+    let node_c = cli.dir.join("node-c");
+    let mut fresh = cli.mirror_with(&node_c, "c", &["--artifacts", &artifacts])?;
+    fresh.wait_for("caught up")?;
+    fresh.stop()?;
+    exporter.stop()?;
+    show(&fresh.log_lines(&["bootstrapped", "updates received"]));
+    say("   Its status, with the newest artifact's age:");
+    show(&cli.run(&[
+        "status",
+        "--store",
+        path(&node_c)?,
+        "--server",
+        &cli.url,
+        "--artifacts",
+        &artifacts,
+    ])?);
     Ok(())
 }
 
@@ -211,6 +248,11 @@ impl Cli {
     /// Start `slipstream mirror` into `store`, logging to a file named
     /// after `label`.
     fn mirror(&self, store: &Path, label: &str) -> Result<Mirror, XtaskError> {
+        self.mirror_with(store, label, &[])
+    }
+
+    /// [`Cli::mirror`] with more flags.
+    fn mirror_with(&self, store: &Path, label: &str, extra: &[&str]) -> Result<Mirror, XtaskError> {
         let log = self.dir.join(format!("mirror-{label}.log"));
         let file = File::create(&log).map_err(|e| io_error("create", &log, &e))?;
         let args = [
@@ -222,9 +264,14 @@ impl Cli {
             "--store",
             path(store)?,
         ];
-        println!("   $ slipstream {}", args.join(" "));
+        let shown: Vec<&str> = args.iter().chain(extra).copied().collect();
+        println!("   $ slipstream {}", shown.join(" "));
         let mut command = self.command();
-        command.args(args).stdout(Stdio::null()).stderr(file);
+        command
+            .args(args)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(file);
         let child = command.spawn().map_err(|e| XtaskError::Spawn {
             command: exec::render(&command),
             source: e,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slipstream_kv::{KvWatcher, WatchScope};
-use slipstream_snapshot::{ArtifactManifest, SnapshotError, SnapshotStore, import};
+use slipstream_snapshot::{ArtifactManifest, SnapshotError, SnapshotStore, import_open};
 
 use crate::error::{AppliedError, RestoreRefusal};
 use crate::restore::artifact_refusal;
@@ -59,14 +59,30 @@ impl BootstrapConfig {
 }
 
 /// How a [`bootstrap`] ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 #[non_exhaustive]
-pub enum Bootstrap {
+pub enum Bootstrap<S> {
     /// The directory now holds the artifact's fold, at its cursor.
-    Imported(ArtifactManifest),
+    Imported {
+        /// The imported artifact's manifest.
+        manifest: ArtifactManifest,
+        /// The store, open at the artifact's cursor: hand it to the engine.
+        store: S,
+    },
     /// No artifact can start this fold; the directory is as it was, and
     /// the watch hydrates from the bucket as a new node does.
     Declined(RestoreRefusal),
+}
+
+impl<S> Bootstrap<S> {
+    /// Why no artifact was imported, if none was.
+    #[must_use]
+    pub fn declined(&self) -> Option<&RestoreRefusal> {
+        match self {
+            Self::Declined(why) => Some(why),
+            Self::Imported { .. } => None,
+        }
+    }
 }
 
 /// Fill the absent or empty store directory `dir` from the newest artifact
@@ -74,8 +90,10 @@ pub enum Bootstrap {
 /// `watcher` follows: of backend `S`, covering the scope, of the bucket's
 /// current incarnation, and resumable inside its retained log (K6 against
 /// an empty fold: [`artifact_refusal`] with rank 0). The artifact is
-/// fetched into scratch and imported with every check of A3; its cursor
-/// is checked again as imported. Open the store afterwards as usual.
+/// fetched into scratch and imported with every check of A3
+/// ([`import_open`]: the open is the store-level check, so the data is read
+/// once); its cursor is checked again as imported, and the open store is
+/// handed back.
 ///
 /// # Errors
 /// [`AppliedError::Store`] when `dir` is not empty or the import fails
@@ -90,7 +108,7 @@ pub async fn bootstrap<S, W>(
     dir: &Path,
     options: &S::Options,
     config: &BootstrapConfig,
-) -> Result<Bootstrap, AppliedError>
+) -> Result<Bootstrap<S>, AppliedError>
 where
     S: SnapshotStore,
     W: KvWatcher,
@@ -139,10 +157,10 @@ where
     let dest = dir.to_owned();
     let options = options.clone();
     let imported =
-        tokio::task::spawn_blocking(move || import::<S>(&fetched, &dest, &options)).await;
+        tokio::task::spawn_blocking(move || import_open::<S>(&fetched, &dest, &options)).await;
     drop(scratch);
-    let imported = match imported {
-        Ok(Ok(manifest)) => manifest,
+    let (imported, store) = match imported {
+        Ok(Ok(opened)) => opened,
         Ok(Err(source)) => {
             return Err(AppliedError::Store {
                 operation: "bootstrap import",
@@ -158,6 +176,10 @@ where
     // The source may have changed between its manifest and its files:
     // what was imported must pass on its own.
     if let Some(refusal) = accept(&imported) {
+        let closed = tokio::task::spawn_blocking(move || store.close()).await;
+        if !matches!(closed, Ok(Ok(()))) {
+            tracing::warn!(dir = %dir.display(), "closing a declined bootstrap's store failed");
+        }
         clear(dir);
         return Ok(Bootstrap::Declined(refusal));
     }
@@ -166,7 +188,10 @@ where
         cursor = ?imported.cursor.revision(),
         "bootstrapped the store from an artifact",
     );
-    Ok(Bootstrap::Imported(imported))
+    Ok(Bootstrap::Imported {
+        manifest: imported,
+        store,
+    })
 }
 
 fn is_absent_or_empty(dir: &Path) -> bool {

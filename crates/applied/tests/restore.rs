@@ -813,7 +813,7 @@ async fn bootstrap_into(
     artifacts: &Path,
     dir: &Path,
     scope: WatchScope,
-) -> Result<Bootstrap, AppliedError> {
+) -> Result<Bootstrap<FaultStore>, AppliedError> {
     let source = LocalArtifacts::new(artifacts);
     let config = BootstrapConfig::new(scope).scratch(dir.parent().unwrap());
     bootstrap::<FaultStore, _>(
@@ -835,13 +835,12 @@ async fn a_new_node_bootstrapped_from_an_artifact_keeps_aged_out_keys_and_takes_
     let outcome = bootstrap_into(&s.kv, &artifacts, &dir, WatchScope::All)
         .await
         .unwrap();
-    let Bootstrap::Imported(manifest) = outcome else {
-        panic!("expected an import, got {outcome:?}");
+    let Bootstrap::Imported { manifest, store } = outcome else {
+        panic!("expected an import, got {:?}", outcome.declined());
     };
     assert_eq!(manifest.cursor.revision(), Some(5));
-    let (cursor, store) = open_store(&dir, &FaultPlan::new());
     assert_eq!(
-        cursor.revision(),
+        store.cursor().revision(),
         Some(5),
         "the store opens at the artifact"
     );
@@ -870,8 +869,9 @@ async fn a_bootstrap_declines_what_cannot_start_the_fold_and_leaves_the_director
     assert_eq!(
         bootstrap_into(&kv, &empty, &dir, WatchScope::All)
             .await
-            .unwrap(),
-        Bootstrap::Declined(RestoreRefusal::NoArtifact)
+            .unwrap()
+            .declined(),
+        Some(&RestoreRefusal::NoArtifact)
     );
     // An artifact of `a.` alone cannot start a fold of the whole bucket.
     let narrow = work.path().join("narrow");
@@ -897,8 +897,8 @@ async fn a_bootstrap_declines_what_cannot_start_the_fold_and_leaves_the_director
         .unwrap();
     assert!(
         matches!(
-            declined,
-            Bootstrap::Declined(RestoreRefusal::ScopeNotCovered { .. })
+            declined.declined(),
+            Some(RestoreRefusal::ScopeNotCovered { .. })
         ),
         "{declined:?}"
     );
@@ -911,8 +911,9 @@ async fn a_bootstrap_declines_what_cannot_start_the_fold_and_leaves_the_director
     assert_eq!(
         bootstrap_into(&kv, &artifacts, &dir, WatchScope::All)
             .await
-            .unwrap(),
-        Bootstrap::Declined(RestoreRefusal::ArtifactExpired {
+            .unwrap()
+            .declined(),
+        Some(&RestoreRefusal::ArtifactExpired {
             artifact: 2,
             first_sequence: 4
         })

@@ -307,6 +307,7 @@ async fn start<S: SnapshotStore>(
         None => None,
     };
     bind_store(m)?;
+    let mut store = None;
     if let Some(artifacts) = &artifacts
         && m.args.bootstrap == BootstrapArg::Artifact
         && is_absent_or_empty(fold)?
@@ -322,18 +323,27 @@ async fn start<S: SnapshotStore>(
         )
         .await?;
         match outcome {
-            Bootstrap::Imported(manifest) => tracing::info!(
-                artifact = %m.args.artifacts.as_ref().map(ToString::to_string).unwrap_or_default(),
-                cursor = ?manifest.cursor.revision(),
-                "bootstrapped from an artifact; taking the delta"
-            ),
+            Bootstrap::Imported {
+                manifest,
+                store: opened,
+            } => {
+                tracing::info!(
+                    artifact = %m.args.artifacts.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    cursor = ?manifest.cursor.revision(),
+                    "bootstrapped from an artifact; taking the delta"
+                );
+                store = Some(opened);
+            }
             Bootstrap::Declined(why) => {
                 tracing::info!(%why, "no artifact to bootstrap from; hydrating from the bucket");
             }
             _ => {}
         }
     }
-    let store = open_store(fold)?;
+    let store = match store {
+        Some(store) => store,
+        None => open_store(fold)?,
+    };
     Ok(Started {
         store,
         artifacts,

@@ -58,12 +58,15 @@
 //!     &BootstrapConfig::new(WatchScope::All),
 //! )
 //! .await?;
-//! if let Bootstrap::Declined(why) = outcome {
-//!     println!("hydrating from the bucket: {why}");
-//! }
+//! let store = match outcome {
+//!     Bootstrap::Imported { store, .. } => store,
+//!     other => {
+//!         println!("hydrating from the bucket: {:?}", other.declined());
+//!         AppendLogStore::open("fold".as_ref(), &options)?.1
+//!     }
+//! };
 //!
 //! // The engine serves exports, and repairs from the same place.
-//! let (_cursor, store) = AppendLogStore::open("fold".as_ref(), &options)?;
 //! let (_config, schedule) = AppliedConfig::new(WatchScope::All)
 //!     .store(store)
 //!     .restore_from_fleet(Arc::clone(&transport))

@@ -50,7 +50,7 @@ pub use applog::{
 };
 pub use artifact::{
     ArtifactManifest, DATA_DIR, MANIFEST_FILE, MANIFEST_SCHEMA, MAX_MANIFEST_BYTES, ManifestFile,
-    PendingExport, Placement, begin_export, export, import, link_or_copy,
+    PendingExport, Placement, begin_export, export, import, import_open, link_or_copy,
 };
 pub use error::{ArtifactInvalidReason, SnapshotError};
 pub use lsm::{

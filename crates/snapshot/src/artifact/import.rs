@@ -11,6 +11,7 @@ use super::hex_encode;
 use super::manifest::{ArtifactManifest, DATA_DIR, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use crate::error::{ArtifactInvalidReason as Reason, SnapshotError};
 use crate::store::SnapshotStore;
+use slipstream_kv::WatchCursor;
 
 /// Import the artifact at `artifact` as a store directory at `dest` (which
 /// must not exist or be an empty directory) and return its manifest.
@@ -33,6 +34,97 @@ pub fn import<S: SnapshotStore>(
     dest: &Path,
     options: &S::Options,
 ) -> Result<ArtifactManifest, SnapshotError> {
+    let (manifest, staging) = stage::<S>(artifact, dest)?;
+    let cursor = S::verify_dir(staging.path(), options).map_err(|e| {
+        SnapshotError::artifact(Reason::DataUnreadable {
+            detail: e.to_string(),
+        })
+    })?;
+    check_cursor(&manifest, &cursor)?;
+    staging.publish(dest)?;
+    Ok(manifest)
+}
+
+/// [`import`], handing back the store opened at `dest`: for a new node
+/// that opens the store next anyway, the store-level check is the open
+/// itself, so the data is read once instead of twice.
+///
+/// The same checks run as in [`import`], in the same order up to the
+/// verified copy. The copy is then renamed onto `dest` and opened there
+/// (a store may keep its directory's path); if the open fails or comes back
+/// at another cursor than the manifest's, `dest` is removed again. A crash
+/// in that window leaves at `dest` only files whose size and BLAKE3 digest
+/// matched the manifest.
+///
+/// # Errors
+/// As [`import`].
+pub fn import_open<S: SnapshotStore>(
+    artifact: &Path,
+    dest: &Path,
+    options: &S::Options,
+) -> Result<(ArtifactManifest, S), SnapshotError> {
+    let existed = dest.exists();
+    let (manifest, staging) = stage::<S>(artifact, dest)?;
+    staging.publish(dest)?;
+    let opened = S::open(dest, options)
+        .map_err(|e| {
+            SnapshotError::artifact(Reason::DataUnreadable {
+                detail: e.to_string(),
+            })
+        })
+        .and_then(|(cursor, store)| match check_cursor(&manifest, &cursor) {
+            Ok(()) => Ok(store),
+            Err(e) => {
+                let _ = store.close();
+                Err(e)
+            }
+        });
+    match opened {
+        Ok(store) => Ok((manifest, store)),
+        Err(e) => {
+            remove_published(dest, existed);
+            Err(e)
+        }
+    }
+}
+
+fn check_cursor(manifest: &ArtifactManifest, cursor: &WatchCursor) -> Result<(), SnapshotError> {
+    if *cursor == manifest.cursor {
+        Ok(())
+    } else {
+        Err(SnapshotError::artifact(Reason::CursorMismatch {
+            manifest: hex_encode(&manifest.cursor.to_bytes()),
+            data: hex_encode(&cursor.to_bytes()),
+        }))
+    }
+}
+
+/// Leave `dest` as it was before the import: absent, or empty.
+fn remove_published(dest: &Path, existed: bool) {
+    if !existed {
+        let _ = fs::remove_dir_all(dest);
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dest) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let _ = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+    }
+}
+
+/// Every check on the artifact itself, then a copy of its data files into
+/// a staging directory next to `dest`, each copy's size and BLAKE3 digest
+/// matched against the manifest.
+fn stage<S: SnapshotStore>(
+    artifact: &Path,
+    dest: &Path,
+) -> Result<(ArtifactManifest, Staging), SnapshotError> {
     let invalid = |reason| Err(SnapshotError::artifact(reason));
     match fs::symlink_metadata(artifact) {
         Ok(m) if m.is_dir() => {}
@@ -91,19 +183,7 @@ pub fn import<S: SnapshotStore>(
             });
         }
     }
-    let cursor = S::verify_dir(staging.path(), options).map_err(|e| {
-        SnapshotError::artifact(Reason::DataUnreadable {
-            detail: e.to_string(),
-        })
-    })?;
-    if cursor != manifest.cursor {
-        return invalid(Reason::CursorMismatch {
-            manifest: hex_encode(&manifest.cursor.to_bytes()),
-            data: hex_encode(&cursor.to_bytes()),
-        });
-    }
-    staging.publish(dest)?;
-    Ok(manifest)
+    Ok((manifest, staging))
 }
 
 fn read_manifest(artifact: &Path) -> Result<ArtifactManifest, SnapshotError> {

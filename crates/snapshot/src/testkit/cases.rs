@@ -12,7 +12,7 @@ use slipstream_kv::{
 };
 
 use super::{OptionsFor, dump, replay, updates};
-use crate::artifact::import;
+use crate::artifact::{import, import_open};
 use crate::error::SnapshotError;
 use crate::store::{Durability, SnapshotStore, StoredEntry};
 
@@ -327,6 +327,23 @@ pub fn export_then_import_gives_identical_fold_and_cursor<S: SnapshotStore>(
     std::fs::create_dir(&empty).unwrap_or_else(|e| panic!("{e}"));
     import::<S>(&artifact, &empty, &options(Durability::NoFsync))
         .unwrap_or_else(|e| panic!("import into empty dir: {e}"));
+
+    // The opening import hands back the same fold, open and writable.
+    let (manifest, mut opened) = import_open::<S>(
+        &artifact,
+        &tmp.path().join("opened"),
+        &options(Durability::NoFsync),
+    )
+    .unwrap_or_else(|e| panic!("import_open: {e}"));
+    assert_eq!(manifest, exported);
+    assert_eq!(opened.cursor(), &memo_cursor(2_000));
+    assert_eq!(dump(&opened), oracle);
+    apply(
+        &mut opened,
+        &[put("k.after", b"y", 2_001)],
+        &WatchCursor::at(2_001),
+    );
+    assert_eq!(opened.cursor().revision(), Some(2_001));
 }
 
 /// Export refuses a destination that exists and is not empty, and leaves

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use slipstream_kv::{KvEntry, KvUpdate, VersionToken, WatchCursor, WatchScope};
 
 use super::OptionsFor;
-use crate::artifact::{MANIFEST_FILE, MAX_MANIFEST_BYTES, hex_encode, import};
+use crate::artifact::{MANIFEST_FILE, MAX_MANIFEST_BYTES, hex_encode, import, import_open};
 use crate::error::{ArtifactInvalidReason as Reason, SnapshotError};
 use crate::store::{Durability, SnapshotStore};
 
@@ -166,6 +166,18 @@ pub fn import_rejects_hostile_artifact<S: SnapshotStore>(
     assert!(
         !dest.exists(),
         "{case:?}: nothing may appear at the destination"
+    );
+    // The opening import checks the store at the destination itself, and
+    // must leave it as absent as the plain one.
+    let opened = import_open::<S>(&artifact, &dest, &options(Durability::NoFsync));
+    match &opened {
+        Err(SnapshotError::ArtifactInvalid { reason }) if case.accepts(reason) => {}
+        Err(other) => panic!("{case:?}: import_open: expected its typed reason, got {other:?}"),
+        Ok(_) => panic!("{case:?}: import_open accepted a hostile artifact"),
+    }
+    assert!(
+        !dest.exists(),
+        "{case:?}: import_open left something at the destination"
     );
     let hidden: Vec<_> = ok(fs::read_dir(tmp.path()))
         .filter_map(Result::ok)
