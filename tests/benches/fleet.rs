@@ -223,6 +223,45 @@ fn t7<S: Kind>(c: &mut Criterion, fx: &Fixture, samples: &Samples) {
         artifact_bytes as f64 / 1e6,
         uploaded.elapsed()
     );
+    // Where a bootstrap's time goes: the download (checked as it streams),
+    // the verified import that opens the store, and for comparison a plain
+    // import and an open; the fastest of three rounds of each.
+    {
+        let mut best = [Duration::MAX; 4];
+        for round in 0..3 {
+            let scratch = TempDir::new("bench-t7-parts");
+            let mut step = |i: usize, started: Instant| {
+                best[i] = best[i].min(started.elapsed());
+            };
+            let started = Instant::now();
+            let newest = rt.block_on(transport.newest()).unwrap().unwrap();
+            let fetched = rt
+                .block_on(transport.fetch(&newest, scratch.path()))
+                .unwrap();
+            step(0, started);
+            let started = Instant::now();
+            let (_, store) = slipstream_snapshot::import_open::<S>(
+                &fetched,
+                &scratch.path().join("fold"),
+                &S::options(),
+            )
+            .unwrap();
+            step(1, started);
+            store.close().unwrap();
+            let plain = scratch.path().join(format!("plain-{round}"));
+            let started = Instant::now();
+            slipstream_snapshot::import::<S>(&fetched, &plain, &S::options()).unwrap();
+            step(2, started);
+            let started = Instant::now();
+            let (_, store) = S::open(&plain, &S::options()).unwrap();
+            step(3, started);
+            store.close().unwrap();
+        }
+        eprintln!(
+            "{label}: fetch {:?}, import and open {:?} (a plain import {:?}, an open {:?})",
+            best[0], best[1], best[2], best[3]
+        );
+    }
     let last = fx.write_delta();
     let mut group = c.benchmark_group(format!("t7_{n}_{label}"));
     group.sample_size(10);
