@@ -486,3 +486,95 @@ fn a_mirror_with_an_invalid_bucket_name_leaves_no_store_behind() {
         store.display()
     );
 }
+
+#[test]
+fn fleet_flags_are_checked_before_anything_connects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mirror = |extra: &[&str]| {
+        let mut args = vec![
+            "mirror",
+            "--server",
+            "nats://127.0.0.1:1",
+            "--bucket",
+            "b",
+            "--store",
+            s(&store),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // Exports need a destination: --export-to, or --artifacts.
+    mirror(&["--export-every", "5m"]).assert_one_line_error(2, "--export-to");
+    // A destination without a schedule, and durations that mean nothing.
+    for extra in [
+        &["--export-to", "nats://fleet"][..],
+        &["--export-every", "0s", "--export-to", "nats://fleet"],
+        &["--export-every", "5 weeks", "--export-to", "nats://fleet"],
+        &["--artifacts", "nats://host:4222/fleet"],
+        &["--artifacts", "nats://"],
+        &["--keep-artifacts", "0", "--artifacts", "nats://fleet"],
+    ] {
+        let r = mirror(extra);
+        assert_eq!(r.code, Some(2), "{extra:?}: {}", r.stderr);
+    }
+    assert!(!store.exists(), "no store directory for refused flags");
+    // An object store needs the server status has no --server for.
+    library_store(&store, &[put("a", b"1", 1)], 1);
+    run(&[
+        "status",
+        "--store",
+        s(&store),
+        "--artifacts",
+        "nats://fleet",
+    ])
+    .assert_one_line_error(2, "--server");
+}
+
+#[test]
+fn status_shows_the_newest_artifact_in_a_directory_and_its_age() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    library_store(&source, &[put("a", b"1", 1), put("b", b"2", 2)], 2);
+    let artifacts = tmp.path().join("artifacts");
+    std::fs::create_dir(&artifacts).unwrap();
+    let empty = run(&[
+        "status",
+        "--store",
+        s(&source),
+        "--artifacts",
+        s(&artifacts),
+    ])
+    .ok();
+    assert!(empty.contains("artifact                none in"), "{empty}");
+    run(&[
+        "export",
+        "--store",
+        s(&source),
+        "--out",
+        s(&artifacts.join("at-2")),
+    ])
+    .ok();
+    let status = run(&[
+        "status",
+        "--store",
+        s(&source),
+        "--artifacts",
+        s(&artifacts),
+    ])
+    .ok();
+    assert!(
+        status.contains("artifact                revision 2 in"),
+        "{status}"
+    );
+    let age = status
+        .lines()
+        .find_map(|l| l.strip_prefix("artifact age"))
+        .map(str::trim)
+        .unwrap_or_default();
+    assert!(age.ends_with(" s"), "just written: {status}");
+    assert!(
+        !status.contains("artifact bootstraps"),
+        "that needs the live bucket: {status}"
+    );
+}
