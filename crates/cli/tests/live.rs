@@ -646,23 +646,43 @@ async fn mirrors_export_to_the_object_store_and_nodes_restore_and_bootstrap_from
     })
     .await;
     assert!(published, "an export at {last} was published: {}", a.log());
-    assert_eq!(a.terminate().await, Some(0));
-    assert_eq!(a2.terminate().await, Some(0));
-    let (logs_a, logs_a2) = (a.log(), a2.log());
-    let holders = [&logs_a, &logs_a2]
-        .iter()
-        .filter(|l| l.contains("holding the export lease"))
-        .count();
-    assert_eq!(
-        holders, 1,
-        "one exporter holds the lease:\n{logs_a}\n{logs_a2}"
-    );
+    // While both run, one holds the lease and the other is told so.
+    let settled = wait_until(Duration::from_secs(30), || {
+        let (la, la2) = (a.log(), a2.log());
+        let holds = |l: &str| l.contains("holding the export lease");
+        let told = |l: &str| l.contains("another mirror holds the export lease");
+        std::future::ready((holds(&la) && told(&la2)) || (holds(&la2) && told(&la)))
+    })
+    .await;
     assert!(
-        [&logs_a, &logs_a2]
-            .iter()
-            .any(|l| l.contains("another mirror holds the export lease")),
-        "the other one is told so:\n{logs_a}\n{logs_a2}"
+        settled,
+        "one exporter holds the lease:\n{}\n{}",
+        a.log(),
+        a2.log()
     );
+    let (holder, other) = if a.log().contains("another mirror holds") {
+        (&mut a2, &mut a)
+    } else {
+        (&mut a, &mut a2)
+    };
+    assert!(
+        !holder.log().contains("another mirror holds"),
+        "only one exporter was told another holds it"
+    );
+    // The holder stops and releases the lease; the other takes it over.
+    assert_eq!(holder.terminate().await, Some(0));
+    let took_over = wait_until(Duration::from_secs(30), || {
+        std::future::ready(
+            other
+                .log()
+                .rsplit("another mirror holds")
+                .next()
+                .is_some_and(|after| after.contains("holding the export lease")),
+        )
+    })
+    .await;
+    assert!(took_over, "the lease passed on: {}", other.log());
+    assert_eq!(other.terminate().await, Some(0));
     let (exporter_cursor, exported) = dumped(&store("a"));
     assert_eq!(exporter_cursor, Some(last));
     assert!(
