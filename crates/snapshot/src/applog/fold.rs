@@ -132,13 +132,20 @@ impl Fold {
     }
 }
 
-/// Builds a fold while a log is read. Runs of puts with strictly ascending
-/// keys into an empty fold (a compacted image is one) are collected and
-/// bulk-loaded, which is several times cheaper than inserting one by one.
+/// Builds a fold while a log is read: every record is collected in log
+/// order, each commit marks how far the records count, and `finish` sorts
+/// the committed ones by key (stable: the last record of a key wins),
+/// drops the keys whose last record is a delete, and bulk-loads the rest.
+/// That is several times cheaper than folding one by one into the map, and
+/// needs no key order in the log. Superseded records are held until the
+/// end, so the peak at open is bounded by the log's size, which compaction
+/// keeps below twice its image.
 #[derive(Debug, Default)]
 pub(crate) struct FoldBuilder {
-    fold: Fold,
-    run: Vec<(CompactString, Packed)>,
+    /// Puts (`Some`) and deletes (`None`) in log order.
+    ops: Vec<(CompactString, Option<Packed>)>,
+    /// How many of `ops` a commit covers.
+    committed: usize,
 }
 
 impl FoldBuilder {
@@ -149,36 +156,45 @@ impl FoldBuilder {
         expires: Option<Timestamp>,
         value: &[u8],
     ) {
-        let ascending = self.run.last().is_none_or(|(last, _)| key > &**last);
-        if ascending && self.fold.map.is_empty() {
-            self.fold.image_bytes += codec::put_record_len(key, version, expires, value);
-            let packed = Packed::new(version, expires, value);
-            self.fold.live_bytes += (key.len() + packed.data_len()) as u64;
-            self.run.push((key.into(), packed));
-        } else {
-            self.flush();
-            self.fold.put(key, version, expires, value);
-        }
+        self.ops
+            .push((key.into(), Some(Packed::new(version, expires, value))));
     }
 
     pub(crate) fn remove(&mut self, key: &str) {
-        self.flush();
-        self.fold.remove(key);
+        self.ops.push((key.into(), None));
     }
 
-    fn flush(&mut self) {
-        if !self.run.is_empty() {
-            // The run only grows while the map is empty, and its keys are
-            // unique and sorted: the map is built from it in bulk. Taking
-            // the vector (not draining it) lets the bulk load reuse its
-            // allocation instead of holding a second copy.
-            self.fold.map = std::mem::take(&mut self.run).into_iter().collect();
-        }
+    /// A commit record: everything so far counts.
+    pub(crate) fn commit(&mut self) {
+        self.committed = self.ops.len();
     }
 
+    /// The fold of the committed records; the rest (a group no commit
+    /// closed) is dropped.
     pub(crate) fn finish(mut self) -> Fold {
-        self.flush();
-        self.fold
+        let mut ops = std::mem::take(&mut self.ops);
+        ops.truncate(self.committed);
+        // Stable, and linear on input that is already sorted (an image).
+        ops.sort_by(|(a, _), (b, _)| a.cmp(b));
+        // A later record of a key hands its entry to the kept (earlier) slot.
+        ops.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(&mut later.1, &mut kept.1);
+            }
+            same
+        });
+        let mut fold = Fold::default();
+        let live = ops.into_iter().filter_map(|(key, packed)| {
+            let packed = packed?;
+            fold.image_bytes += packed.record_len(&key);
+            fold.live_bytes += (key.len() + packed.data_len()) as u64;
+            Some((key, packed))
+        });
+        // Sorted and unique: the map is built in bulk.
+        let map = live.collect();
+        fold.map = map;
+        fold
     }
 }
 
@@ -194,9 +210,10 @@ mod tests {
         ) {
             let mut plain = Fold::default();
             let mut builder = FoldBuilder::default();
-            // Ascending stretches first, so the bulk path is exercised.
+            // Puts in any order, repeated keys among them, before the
+            // first delete: the bulk path sorts and deduplicates them.
             for (i, (k, is_put, len)) in ops.iter().enumerate() {
-                let key = if i < ops.len() / 2 { format!("a{i:04}") } else { format!("b{k:02}") };
+                let key = if i < ops.len() / 2 { format!("a{:02}", k % 20) } else { format!("b{k:02}") };
                 let version = VersionToken::from_u64(i as u64);
                 let value = vec![*k; *len];
                 let expires = (k % 3 == 0).then(|| Timestamp::from_unix_nanos(u64::from(*k)));
@@ -208,6 +225,10 @@ mod tests {
                     builder.remove(&key);
                 }
             }
+            builder.commit();
+            // An unclosed group after the last commit is not part of it.
+            builder.put("zz", &VersionToken::from_u64(9999), None, b"torn");
+            builder.remove("a00");
             let built = builder.finish();
             prop_assert_eq!(built.image_bytes(), plain.image_bytes());
             prop_assert_eq!(built.live_bytes(), plain.live_bytes());

@@ -1,8 +1,8 @@
 //! Reading an append-log at open (S3 recovery rules).
 //!
-//! Records are folded group by group: data records are held back until
-//! their cursor record arrives, so the result is always some committed
-//! (data, cursor) pair. The first record that does not read cleanly is
+//! Records are collected in log order and count once their group's cursor
+//! record arrives, so the result is always some committed (data, cursor)
+//! pair. The first record that does not read cleanly is
 //! classified:
 //!
 //! - zero bytes where a record should start (a crashed file system's
@@ -48,45 +48,6 @@ pub(crate) enum ScanMode {
     VerifyOnly,
 }
 
-/// The data records of the group being read, held until its cursor record
-/// commits them: raw payloads back to back, plus each record's type and end.
-#[derive(Default)]
-struct Group {
-    bytes: Vec<u8>,
-    records: Vec<(u8, usize)>,
-}
-
-impl Group {
-    fn push(&mut self, kind: u8, payload: &[u8]) {
-        self.bytes.extend_from_slice(payload);
-        self.records.push((kind, self.bytes.len()));
-    }
-
-    fn commit_into(&mut self, fold: &mut FoldBuilder) {
-        let mut start = 0;
-        for &(kind, end) in &self.records {
-            // Each payload decoded once already when it was read.
-            match codec::decode_payload(kind, &self.bytes[start..end]) {
-                Ok(RecordRef::Put {
-                    key,
-                    version,
-                    expires,
-                    value,
-                }) => fold.put(key, &version, expires, value),
-                Ok(RecordRef::Delete { key }) => fold.remove(key),
-                Ok(RecordRef::Cursor(_)) | Err(_) => {}
-            }
-            start = end;
-        }
-        self.clear();
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.records.clear();
-    }
-}
-
 /// Why a log cannot be opened.
 #[derive(Debug)]
 pub(crate) enum ScanError {
@@ -130,7 +91,6 @@ pub(crate) fn scan<R: Read>(
         format: version,
         ..Scanned::default()
     };
-    let mut group = Group::default();
     let mut builder = FoldBuilder::default();
     let mut offset = HEADER_LEN as u64;
     let mut payload = Vec::new();
@@ -165,16 +125,23 @@ pub(crate) fn scan<R: Read>(
         offset += (FRAME_HEADER_LEN + len) as u64;
         match record {
             RecordRef::Cursor(c) => {
-                match mode {
-                    ScanMode::Build => group.commit_into(&mut builder),
-                    ScanMode::VerifyOnly => group.clear(),
-                }
+                builder.commit();
                 out.cursor = c;
                 out.valid_end = offset;
             }
-            RecordRef::Put { .. } | RecordRef::Delete { .. } => {
+            RecordRef::Put {
+                key,
+                version,
+                expires,
+                value,
+            } => {
                 if mode == ScanMode::Build {
-                    group.push(kind, &payload);
+                    builder.put(key, &version, expires, value);
+                }
+            }
+            RecordRef::Delete { key } => {
+                if mode == ScanMode::Build {
+                    builder.remove(key);
                 }
             }
         }
