@@ -23,7 +23,8 @@ impl Admin {
     /// # Panics
     /// When the server cannot be reached.
     pub async fn connect(url: &str) -> Self {
-        let client = tokio::time::timeout(ADMIN_TIMEOUT, async_nats::connect(url))
+        let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
+        let client = tokio::time::timeout(ADMIN_TIMEOUT, async_nats::connect(seeds.as_slice()))
             .await
             .unwrap_or_else(|_| panic!("admin connect to {url} timed out"))
             .unwrap_or_else(|e| panic!("admin connect to {url}: {e}"));

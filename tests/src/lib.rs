@@ -1,5 +1,6 @@
 //! Live-server test support for slipstream: a nats-server per test on a
-//! free loopback port with its own store directory (X3), a stalling TCP
+//! free loopback port with its own store directory (X3), a three-node
+//! cluster ([`NatsCluster`]), a stalling TCP
 //! proxy for fault tests, and small helpers the suites share.
 //!
 //! The binary comes from `NATS_SERVER_BIN`, which `cargo xtask it` sets.
@@ -16,12 +17,14 @@
 
 mod admin;
 mod clients;
+mod cluster;
 mod fixture;
 mod proxy;
 mod server;
 
 pub use admin::{Admin, wait_until};
 pub use clients::KvClient;
+pub use cluster::NatsCluster;
 pub use fixture::{connect, connect_with, live_values, open, test_settings};
 pub use proxy::{Forwarding, StallProxy};
 pub use server::{

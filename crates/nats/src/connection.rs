@@ -190,9 +190,16 @@ impl NatsConnection {
                 }
             }
         });
+        // A seed list: the client tries each and learns the rest of the
+        // cluster from whichever answers.
+        let seeds: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         let client = bounded("connect", settings.request_timeout, async {
             options
-                .connect(url.as_str())
+                .connect(seeds.as_slice())
                 .await
                 .map_err(|e| NatsError::Connect {
                     url: url.clone(),
