@@ -18,6 +18,7 @@ pub fn test_settings() -> BackendSettings {
         .idle_heartbeat(Duration::from_millis(500))
         .inactive_threshold(Duration::from_secs(60))
         .reconnect_budget(Duration::from_secs(20))
+        .ping_interval(Duration::from_secs(1))
 }
 
 /// A connected connection to `url` with [`test_settings`].

@@ -110,6 +110,11 @@ pub struct BackendSettings {
     /// How long a watch keeps trying to re-create a lost consumer before it
     /// ends with an error. Default 60 s.
     pub reconnect_budget: Duration,
+    /// How often the client pings the server; two unanswered pings close
+    /// the connection, so a server that stopped answering (paused, or
+    /// behind a half-open link) is left for another after about twice this.
+    /// Default 60 s (the client's own default).
+    pub ping_interval: Duration,
 }
 
 impl Default for BackendSettings {
@@ -120,6 +125,7 @@ impl Default for BackendSettings {
             idle_heartbeat: Duration::from_secs(5),
             floor_probe_interval: Duration::from_secs(30),
             reconnect_budget: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(60),
         }
     }
 }
@@ -157,6 +163,13 @@ impl BackendSettings {
     #[must_use]
     pub fn reconnect_budget(mut self, budget: Duration) -> Self {
         self.reconnect_budget = budget;
+        self
+    }
+
+    /// Set how often the client pings the server.
+    #[must_use]
+    pub fn ping_interval(mut self, every: Duration) -> Self {
+        self.ping_interval = every;
         self
     }
 }

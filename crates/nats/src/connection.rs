@@ -121,7 +121,8 @@ impl NatsConnection {
         info!(url = %url, auth = ?method, "connecting to NATS");
         let mut options = ConnectOptions::new()
             .connection_timeout(settings.request_timeout)
-            .request_timeout(Some(settings.request_timeout));
+            .request_timeout(Some(settings.request_timeout))
+            .ping_interval(settings.ping_interval);
         let invalid =
             |what: &str, e: &dyn fmt::Display| NatsError::InvalidConfig(format!("{what}: {e}"));
         let c = &config.credentials;
