@@ -17,8 +17,8 @@ use slipstream_snapshot::{ArtifactManifest, SnapshotError, SnapshotStore, import
 
 use crate::error::{AppliedError, RestoreRefusal};
 use crate::restore::artifact_refusal;
-use crate::scratch::{ScratchDir, ScratchKind};
 use crate::source::RestoreSource;
+use crate::source::fetch_to_scratch;
 
 /// How [`bootstrap`] runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,16 +144,7 @@ where
     if let Some(refusal) = accept(&manifest) {
         return Ok(Bootstrap::Declined(refusal));
     }
-    let scratch = ScratchDir::create(&config.scratch, ScratchKind::Restore).map_err(|e| {
-        AppliedError::RestoreFailed {
-            stage: "creating the scratch directory",
-            source: format!("{}: {}", e.path.display(), e.source).into(),
-        }
-    })?;
-    let fetched = tokio::time::timeout(bound, source.fetch(&manifest, scratch.path()))
-        .await
-        .map_err(|_| timed_out("fetching the artifact"))?
-        .map_err(failed("fetching the artifact"))?;
+    let (scratch, fetched) = fetch_to_scratch(source, &manifest, &config.scratch, bound).await?;
     let dest = dir.to_owned();
     let options = options.clone();
     let imported =

@@ -30,8 +30,8 @@ use crate::config::MassDeletePolicy;
 use crate::engine::Engine;
 use crate::error::{AppliedError, RepairCause, RestoreRefusal};
 use crate::expiry::{AfterExpiry, Listed};
-use crate::scratch::{ScratchDir, ScratchKind};
 use crate::slot::StoreSlot;
+use crate::source::fetch_to_scratch;
 
 /// The artifact entries one chunk carries to the engine.
 type Chunk = Vec<(String, StoredEntry)>;
@@ -85,17 +85,8 @@ where
         if let Some(refusal) = self.check_manifest(&manifest, local, retention) {
             return Err(self.refused(cause, refusal));
         }
-        let scratch =
-            ScratchDir::create(&self.config.scratch.dir, ScratchKind::Restore).map_err(|e| {
-                AppliedError::RestoreFailed {
-                    stage: "creating the scratch directory",
-                    source: format!("{}: {}", e.path.display(), e.source).into(),
-                }
-            })?;
-        let fetched = tokio::time::timeout(bound, source.fetch(&manifest, scratch.path()))
-            .await
-            .map_err(|_| timed_out("fetching the artifact"))?
-            .map_err(failed("fetching the artifact"))?;
+        let (scratch, fetched) =
+            fetch_to_scratch(&*source, &manifest, &self.config.scratch.dir, bound).await?;
         let fold_dir = scratch.path().join("fold");
         let imported =
             tokio::task::spawn_blocking(move || S::import_scratch(&fetched, &fold_dir)).await;

@@ -154,3 +154,32 @@ impl RestoreSource for LocalArtifacts {
         })
     }
 }
+
+/// Fetch `manifest`'s artifact from `source` into a new restore scratch
+/// directory under `parent`, bounded by `bound`; the directory (removed
+/// when dropped) and the fetched artifact's path. Restores and bootstraps
+/// both take artifacts this way.
+pub(crate) async fn fetch_to_scratch(
+    source: &dyn RestoreSource,
+    manifest: &ArtifactManifest,
+    parent: &Path,
+    bound: std::time::Duration,
+) -> Result<(crate::scratch::ScratchDir, PathBuf), crate::AppliedError> {
+    use crate::AppliedError;
+    let scratch = crate::scratch::ScratchDir::create(parent, crate::scratch::ScratchKind::Restore)
+        .map_err(|e| AppliedError::RestoreFailed {
+            stage: "creating the scratch directory",
+            source: format!("{}: {}", e.path.display(), e.source).into(),
+        })?;
+    let fetched = tokio::time::timeout(bound, source.fetch(manifest, scratch.path()))
+        .await
+        .map_err(|_| AppliedError::RestoreFailed {
+            stage: "fetching the artifact",
+            source: format!("no answer within {bound:?}").into(),
+        })?
+        .map_err(|source| AppliedError::RestoreFailed {
+            stage: "fetching the artifact",
+            source,
+        })?;
+    Ok((scratch, fetched))
+}
