@@ -24,6 +24,18 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 /// The cluster's name.
 const CLUSTER: &str = "slipstream-it";
 
+/// What the servers tell clients about the rest of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Discovery {
+    /// Each server advertises every client URL it knows, as by default: a
+    /// client reconnects to any of them.
+    #[default]
+    Advertised,
+    /// Nothing is advertised (`--no_advertise`): a client knows only its
+    /// seed list, so a proxy in front of each server stays in its path.
+    SeedsOnly,
+}
+
 /// One server of a [`NatsCluster`].
 #[derive(Debug)]
 struct Node {
@@ -38,6 +50,7 @@ struct Node {
 #[derive(Debug)]
 pub struct NatsCluster {
     bin: PathBuf,
+    discovery: Discovery,
     nodes: Vec<Node>,
     _dir: TempDir,
 }
@@ -49,11 +62,19 @@ impl NatsCluster {
     /// When a server does not start or the cluster does not form within
     /// its deadline.
     pub async fn start() -> Self {
+        Self::start_with(Discovery::Advertised).await
+    }
+
+    /// [`start`](Self::start), with what the servers advertise to clients.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub async fn start_with(discovery: Discovery) -> Self {
         let mut last = String::new();
         // A free port can be taken by someone else before its server binds
         // it: start the whole cluster again on new ports.
         for _ in 0..3 {
-            match Self::try_start().await {
+            match Self::try_start(discovery).await {
                 Ok(cluster) => return cluster,
                 Err(e) => last = e,
             }
@@ -61,7 +82,7 @@ impl NatsCluster {
         panic!("the cluster did not start: {last}");
     }
 
-    async fn try_start() -> Result<Self, String> {
+    async fn try_start(discovery: Discovery) -> Result<Self, String> {
         let bin = server_bin();
         let dir = TempDir::new("cluster");
         let nodes = (0..3)
@@ -75,6 +96,7 @@ impl NatsCluster {
             .collect();
         let mut cluster = Self {
             bin,
+            discovery,
             nodes,
             _dir: dir,
         };
@@ -98,6 +120,12 @@ impl NatsCluster {
     #[must_use]
     pub fn url(&self, i: usize) -> String {
         format!("nats://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Server `i`'s client address.
+    #[must_use]
+    pub fn addr(&self, i: usize) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.nodes[i].port))
     }
 
     /// Server `i`'s name.
@@ -125,7 +153,11 @@ impl NatsCluster {
         let log2 = log
             .try_clone()
             .unwrap_or_else(|e| panic!("server log: {e}"));
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if self.discovery == Discovery::SeedsOnly {
+            command.arg("--no_advertise");
+        }
+        let child = command
             .arg("-js")
             .arg("-a")
             .arg("127.0.0.1")

@@ -24,7 +24,7 @@ mod server;
 
 pub use admin::{Admin, wait_until};
 pub use clients::KvClient;
-pub use cluster::NatsCluster;
+pub use cluster::{Discovery, NatsCluster};
 pub use fixture::{connect, connect_with, live_values, open, test_settings};
 pub use proxy::{Forwarding, StallProxy};
 pub use server::{

@@ -5,6 +5,7 @@ use std::cell::Cell;
 use crate::deps;
 use crate::error::XtaskError;
 use crate::exec::{self, TestCounts, cargo};
+use crate::matrix;
 use crate::nats::{self, VersionRequest};
 use crate::stage::{Outcome, Pipeline};
 use crate::workspace::Workspace;
@@ -87,6 +88,47 @@ fn run_all(
             command.args(["--", "--include-ignored"]);
         }
         exec::run_tests(&mut command, counts)?;
+        Ok(Outcome::Done)
+    })?;
+    pipeline.stage("oldest server", || oldest_server_stage(workspace, counts))
+}
+
+/// The suites that pin what the backend relies on in the server, run on
+/// the oldest supported version too (the test stage ran them on the default).
+const CONFORMANCE_SUITES: [&str; 2] = ["conformance", "pins"];
+
+fn oldest_server_stage(
+    workspace: &Workspace,
+    counts: &Cell<TestCounts>,
+) -> Result<Outcome, XtaskError> {
+    if !workspace.has_package(IT_PACKAGE) {
+        return absent(IT_PACKAGE, Absent::Skip);
+    }
+    let server = nats::installed(workspace, nats::OLDEST_VERSION)?;
+    eprintln!("nats-server {}: {}", nats::OLDEST_VERSION, server.display());
+    let suites = CONFORMANCE_SUITES.map(str::to_owned);
+    let runs = matrix::run_suites(&suites, &server);
+    let mut total = counts.get();
+    for run in &runs {
+        total.add(run.counts());
+    }
+    counts.set(total);
+    match suites.iter().zip(&runs).find(|(_, run)| !run.succeeded()) {
+        Some((suite, _)) => Err(XtaskError::Other(format!(
+            "the {suite} suite failed on nats-server {}",
+            nats::OLDEST_VERSION
+        ))),
+        None => Ok(Outcome::Done),
+    }
+}
+
+/// `cargo xtask it --matrix`.
+pub(crate) fn matrix() -> Result<(), XtaskError> {
+    let workspace = Workspace::load()?;
+    let mut pipeline = Pipeline::default();
+    pipeline.stage("deps", || deps::ensure(&workspace))?;
+    pipeline.stage("matrix", || {
+        matrix::matrix(&workspace)?;
         Ok(Outcome::Done)
     })
 }

@@ -105,6 +105,13 @@ impl TestCounts {
         }
     }
 
+    /// Adds another run's counts.
+    pub(crate) fn add(&mut self, other: TestCounts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
+
     /// The closing line CI reads: `tests: N passed, N failed, N skipped`.
     pub(crate) fn closing_line(&self) -> String {
         format!(

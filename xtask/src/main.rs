@@ -17,6 +17,7 @@ mod deps;
 mod error;
 mod exec;
 mod json;
+mod matrix;
 mod nats;
 mod stage;
 mod workspace;
@@ -34,6 +35,8 @@ commands:
   ci                          everything CI checks, in order: fmt, deps, clippy,
                               tests, models, live-server suites
   it [--server-version V]     the live-server suites against nats-server V
+  it --matrix                 every live suite against every supported nats-server
+                              (2.10, 2.11, 2.12, 2.14, 2.15) and a version x suite table
   model [--deep]              the protocol models and their table
   nats-server [--version V]   print the path of a nats-server binary (installed
                               under <target>/tools/ if needed; $NATS_SERVER_BIN wins)
@@ -50,6 +53,7 @@ enum Task {
     Ci,
     Demo,
     It(VersionRequest),
+    Matrix,
     Model(ModelDepth),
     NatsServer(VersionRequest),
     Bench(Vec<String>),
@@ -79,7 +83,10 @@ fn parse(args: &[String]) -> Result<Task, XtaskError> {
     };
     let task = match command.as_str() {
         "ci" => Task::Ci,
-        "it" => Task::It(version_option(rest, "--server-version")?),
+        "it" => match rest {
+            [flag] if flag == "--matrix" => Task::Matrix,
+            _ => Task::It(version_option(rest, "--server-version")?),
+        },
         "nats-server" => Task::NatsServer(version_option(rest, "--version")?),
         "model" => match rest {
             [] => Task::Model(ModelDepth::Standard),
@@ -101,7 +108,7 @@ fn parse(args: &[String]) -> Result<Task, XtaskError> {
     };
     let takes_options = matches!(
         task,
-        Task::It(_) | Task::NatsServer(_) | Task::Model(_) | Task::Bench(_)
+        Task::It(_) | Task::Matrix | Task::NatsServer(_) | Task::Model(_) | Task::Bench(_)
     );
     if !takes_options && !rest.is_empty() {
         return Err(unknown_options(command, rest));
@@ -146,6 +153,7 @@ fn execute(task: Task) -> Result<(), XtaskError> {
         Task::Ci => ci::ci(),
         Task::Demo => demo::demo(),
         Task::It(request) => ci::it(&request),
+        Task::Matrix => ci::matrix(),
         Task::Model(depth) => ci::model(depth),
         Task::NatsServer(request) => {
             let workspace = workspace::Workspace::load()?;
@@ -187,6 +195,7 @@ mod tests {
             parse_words("it --server-version 2.10.26").unwrap(),
             Task::It(VersionRequest::Exact("2.10.26".into()))
         );
+        assert_eq!(parse_words("it --matrix").unwrap(), Task::Matrix);
         assert_eq!(
             parse_words("model --deep").unwrap(),
             Task::Model(ModelDepth::Deep)
@@ -204,6 +213,8 @@ mod tests {
             "build",
             "ci --fast",
             "it --version 2.15.1",
+            "it --matrix --server-version 2.15.1",
+            "it --matrix=yes",
             "nats-server --version",
             "nats-server --version >=2",
             "model --shallow",

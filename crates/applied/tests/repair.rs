@@ -370,10 +370,17 @@ enum Hook {
     /// Rewrite `key` right after the `n`th state-sync watch opened: the
     /// message of `key` it was created over goes before it is delivered.
     RewriteAfterOpen { n: usize, key: &'static str },
-    /// Every state-sync watch (the listing) fails to open.
+    /// Every state-sync watch (the listing) fails to open: the bucket is
+    /// gone.
     FailListing,
-    /// Every retention read fails.
+    /// Every retention read fails: the bucket is gone.
     FailRetention,
+    /// The first `n` state-sync watches time out, as a listing's consumer
+    /// create does while the server it asks is restarting.
+    FlakyListing { n: usize },
+    /// The first `n` retention reads made while the status says
+    /// `Repairing` find the server unreachable.
+    FlakyRetention { n: usize },
     /// Nothing besides recording the phase.
     Observe,
 }
@@ -381,6 +388,7 @@ enum Hook {
 struct Hooked {
     inner: MemoryStore,
     relists: AtomicUsize,
+    retention_failures: AtomicUsize,
     hook: Hook,
     /// The engine's status, once started, and its phase at each state-sync
     /// watch call.
@@ -393,6 +401,7 @@ impl Hooked {
         Self {
             inner: inner.clone(),
             relists: AtomicUsize::new(0),
+            retention_failures: AtomicUsize::new(0),
             hook,
             status: Arc::default(),
             phases: Arc::default(),
@@ -431,6 +440,12 @@ impl KvWatcher for Hooked {
                         bucket: "cfg".into(),
                     });
                 }
+                Hook::FlakyListing { n } if nth <= n => {
+                    return Err(KvError::Timeout {
+                        operation: "consumer create".into(),
+                        after: Duration::from_secs(5),
+                    });
+                }
                 _ => {}
             }
         }
@@ -447,7 +462,20 @@ impl KvWatcher for Hooked {
 
     async fn retention(&self) -> Result<Retention, KvError> {
         if matches!(self.hook, Hook::FailRetention) {
-            return Err(KvError::OperationFailed("retention unavailable".into()));
+            return Err(KvError::BucketNotFound {
+                bucket: "cfg".into(),
+            });
+        }
+        if let Hook::FlakyRetention { n } = self.hook {
+            let repairing = self
+                .status
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|rx| rx.borrow().phase == Phase::Repairing);
+            if repairing && self.retention_failures.fetch_add(1, Ordering::SeqCst) < n {
+                return Err(KvError::NotConnected);
+            }
         }
         self.inner.retention().await
     }
@@ -646,6 +674,57 @@ async fn a_failing_listing_or_retention_read_stops_the_repair_with_the_fold_unch
         assert_eq!(fold_of(&store), before, "the fold stays as committed");
         assert_eq!(store.cursor().revision(), Some(4));
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repair_whose_listing_or_retention_read_fails_transiently_runs_again_and_converges() {
+    for (hook, what) in [
+        (Hook::FlakyListing { n: 3 }, "listing"),
+        (Hook::FlakyRetention { n: 3 }, "retention"),
+    ] {
+        let (_keep, kv, app, store, last) = gap().await;
+        let watcher = Hooked::new(&kv, hook);
+        let status = Arc::clone(&watcher.status);
+        let run = start(watcher, store, &app, repair(RepairMode::Relist));
+        *status.lock().unwrap() = Some(run.status.clone());
+        let store = run_to(run, last).await;
+        let fold = fold_of(&store);
+        assert!(
+            !fold.contains_key("a"),
+            "{what}: the vanished key left the fold"
+        );
+        assert_eq!(fold, truth(&kv).await, "{what}: the fold equals the bucket");
+        assert_eq!(
+            app.seen().fold,
+            fold,
+            "{what}: the application saw the same fold"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_while_a_failed_repair_waits_to_run_again_stops_with_the_fold_unchanged() {
+    let (_keep, kv, app, store, _) = gap().await;
+    let before = fold_of(&store);
+    let watcher = Hooked::new(&kv, Hook::FlakyListing { n: usize::MAX });
+    let mut run = start(watcher, store, &app, repair(RepairMode::Relist));
+    wait_status(&mut run.status, |s| s.phase == Phase::Repairing).await;
+    // Long enough for several attempts at the default backoff.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        !run.task.is_finished(),
+        "a transient failure does not end the watch"
+    );
+    run.token.cancel();
+    let finished = run.task.await.unwrap();
+    assert!(
+        matches!(finished.result, Ok(ref s) if s.reason == slipstream_applied::StopReason::Shutdown),
+        "{:?}",
+        finished.result
+    );
+    let store = finished.store.unwrap();
+    assert_eq!(fold_of(&store), before, "the fold stays as committed");
+    assert_eq!(store.cursor().revision(), Some(4));
 }
 
 /// Every file under `dir`, at any depth.

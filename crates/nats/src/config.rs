@@ -115,6 +115,12 @@ pub struct BackendSettings {
     /// behind a half-open link) is left for another after about twice this.
     /// Default 60 s (the client's own default).
     pub ping_interval: Duration,
+    /// How many messages the client buffers per subscription before it
+    /// drops what arrives (a slow consumer). A watch that finds a message
+    /// missing re-creates its consumer from its frontier, so a smaller
+    /// buffer bounds memory at the price of re-deliveries. Default 65 536
+    /// (the client's own default).
+    pub subscription_capacity: usize,
 }
 
 impl Default for BackendSettings {
@@ -126,6 +132,7 @@ impl Default for BackendSettings {
             floor_probe_interval: Duration::from_secs(30),
             reconnect_budget: Duration::from_secs(60),
             ping_interval: Duration::from_secs(60),
+            subscription_capacity: 64 * 1024,
         }
     }
 }
@@ -170,6 +177,13 @@ impl BackendSettings {
     #[must_use]
     pub fn ping_interval(mut self, every: Duration) -> Self {
         self.ping_interval = every;
+        self
+    }
+
+    /// Set how many messages a subscription buffers (at least 1).
+    #[must_use]
+    pub fn subscription_capacity(mut self, messages: usize) -> Self {
+        self.subscription_capacity = messages.max(1);
         self
     }
 }

@@ -3,6 +3,7 @@
 use core::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, Event};
@@ -122,7 +123,9 @@ impl NatsConnection {
         let mut options = ConnectOptions::new()
             .connection_timeout(settings.request_timeout)
             .request_timeout(Some(settings.request_timeout))
-            .ping_interval(settings.ping_interval);
+            .ping_interval(settings.ping_interval)
+            .subscription_capacity(settings.subscription_capacity)
+            .reconnect_delay_callback(reconnect_backoff);
         let invalid =
             |what: &str, e: &dyn fmt::Display| NatsError::InvalidConfig(format!("{what}: {e}"));
         let c = &config.credentials;
@@ -185,8 +188,15 @@ impl NatsConnection {
             let flag = Arc::clone(&flag);
             async move {
                 match event {
-                    Event::Connected => flag.store(true, Ordering::SeqCst),
-                    Event::Disconnected | Event::Closed => flag.store(false, Ordering::SeqCst),
+                    Event::Connected => {
+                        flag.store(true, Ordering::SeqCst);
+                        info!("NATS connection (re-)established");
+                    }
+                    Event::Disconnected => {
+                        flag.store(false, Ordering::SeqCst);
+                        warn!("NATS connection lost; the client reconnects with backoff");
+                    }
+                    Event::Closed => flag.store(false, Ordering::SeqCst),
                     other => debug!(event = %other, "NATS client event"),
                 }
             }
@@ -214,6 +224,20 @@ impl NatsConnection {
         );
         Ok((client, healthy))
     }
+}
+
+/// The pause before reconnect attempt `attempt` (counted by the client
+/// from 1 since the connection was lost): none for the first, then 50 ms
+/// doubling up to 4 s. Each pause is logged, so a reconnect storm's backoff
+/// shows in the log.
+fn reconnect_backoff(attempt: usize) -> Duration {
+    if attempt <= 1 {
+        return Duration::ZERO;
+    }
+    let doublings = u32::try_from(attempt - 2).unwrap_or(u32::MAX).min(7);
+    let pause = (Duration::from_millis(50) * 2_u32.pow(doublings)).min(Duration::from_secs(4));
+    warn!(attempt, ?pause, "reconnecting to NATS after a backoff");
+    pause
 }
 
 impl Connection for NatsConnection {
@@ -314,5 +338,23 @@ impl Connection for NatsConnection {
             purge: true,
             headers_only_listing: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_back_off_from_nothing_to_four_seconds() {
+        let pauses: Vec<u64> = (1..=12)
+            .map(|a| u64::try_from(reconnect_backoff(a).as_millis()).unwrap_or(u64::MAX))
+            .collect();
+        assert_eq!(
+            pauses,
+            [
+                0, 50, 100, 200, 400, 800, 1600, 3200, 4000, 4000, 4000, 4000
+            ]
+        );
     }
 }

@@ -539,7 +539,7 @@ impl WatchTask {
                     )));
                 }
                 Err(e) => {
-                    debug!(error = %e, ?backoff, "re-creating the watch consumer failed; retrying");
+                    warn!(error = %e, ?backoff, "re-creating the watch consumer failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
