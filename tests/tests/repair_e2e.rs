@@ -879,6 +879,9 @@ async fn wait_for_the_marker(live: &Live, above: u64) -> u64 {
 /// delete when it resumes.
 async fn ttl_expiry_while_down<S: SnapshotStore>(label: &str) {
     let live = Live::start_foreign(label, Client::CliLimitMarkers).await;
+    if !live.has_message_ttl(label) {
+        return;
+    }
     live.put("a", "v1").await;
     let t = put_expiring(&live).await;
     let store = synced_store::<S>(&live, t).await;
@@ -900,6 +903,9 @@ for_each_store!(ttl_expiry_while_down:
 /// The same while the node runs: the marker is applied live.
 async fn ttl_expiry_while_running<S: SnapshotStore>(label: &str) {
     let live = Live::start_foreign(label, Client::CliLimitMarkers).await;
+    if !live.has_message_ttl(label) {
+        return;
+    }
     let a = live.put("a", "v1").await;
     let (_, store) = open_store::<S>(&live.fold_dir()).await;
     let app = App::resuming(&store);
@@ -928,6 +934,9 @@ for_each_store!(ttl_expiry_while_running:
 /// due (once the bucket is quiet) removes `t`.
 async fn ttl_expiry_while_down_on_nats_py<S: SnapshotStore>(label: &str) {
     let live = Live::start_foreign(label, Client::Python).await;
+    if !live.has_message_ttl(label) {
+        return;
+    }
     live.put("a", "v1").await;
     let t = live.put("t", "v1").await;
     let store = synced_store::<S>(&live, t).await;
@@ -968,6 +977,9 @@ for_each_store!(ttl_expiry_while_down_on_nats_py:
 /// some later write or restart.
 async fn ttl_expiry_while_running_on_nats_py<S: SnapshotStore>(label: &str) {
     let live = Live::start_foreign(label, Client::Python).await;
+    if !live.has_message_ttl(label) {
+        return;
+    }
     let a = live.put("a", "v1").await;
     let (_, store) = open_store::<S>(&live.fold_dir()).await;
     let app = App::resuming(&store);

@@ -62,6 +62,14 @@ pub(crate) enum RepairTrigger {
     CursorlessStart,
 }
 
+/// Whether a repair step that failed with `error` may pass when the whole
+/// repair runs again: the server was unreachable or slow, or the listing
+/// was overrun (its consumer, re-created after a lost connection, found its
+/// frontier below the first sequence; a fresh listing starts over).
+fn may_pass_later(error: &KvError) -> bool {
+    is_transient(error) || matches!(error, KvError::CursorExpired { .. })
+}
+
 /// What the engine does after an expiry was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AfterExpiry {
@@ -100,8 +108,8 @@ where
     O: FnMut(&WatchCursor),
 {
     /// Run the repair `trigger` calls for. A step that failed only because
-    /// the server was unreachable or slow (a transient backend error while
-    /// reading retention or listing) runs the whole repair again after the
+    /// the server was unreachable or slow, or because retention overran the
+    /// listing ([`may_pass_later`]), runs the whole repair again after the
     /// watch's backoff, with retention read afresh: nothing half-done was
     /// committed (R4), so the retry starts where a restarted node would.
     /// Every other failure stops the watch.
@@ -124,7 +132,7 @@ where
                 RepairTrigger::CursorlessStart => self.cursorless_start().await,
             };
             let (stage, error) = match outcome {
-                Err(AppliedError::RepairFailed { stage, source }) if is_transient(&source) => {
+                Err(AppliedError::RepairFailed { stage, source }) if may_pass_later(&source) => {
                     (stage, source)
                 }
                 other => return other,

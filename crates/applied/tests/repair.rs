@@ -378,6 +378,10 @@ enum Hook {
     /// The first `n` state-sync watches time out, as a listing's consumer
     /// create does while the server it asks is restarting.
     FlakyListing { n: usize },
+    /// The first `n` state-sync watches fail as a listing overrun by
+    /// retention does (its re-created consumer's frontier is below the
+    /// first sequence).
+    OverrunListing { n: usize },
     /// The first `n` retention reads made while the status says
     /// `Repairing` find the server unreachable.
     FlakyRetention { n: usize },
@@ -438,6 +442,14 @@ impl KvWatcher for Hooked {
                 Hook::FailListing => {
                     return Err(KvError::BucketNotFound {
                         bucket: "cfg".into(),
+                    });
+                }
+                Hook::OverrunListing { n } if nth <= n => {
+                    return Err(KvError::CursorExpired {
+                        reason: ExpiryReason::BelowFirstSequence {
+                            revision: 2,
+                            first_sequence: 5,
+                        },
                     });
                 }
                 Hook::FlakyListing { n } if nth <= n => {
@@ -677,10 +689,11 @@ async fn a_failing_listing_or_retention_read_stops_the_repair_with_the_fold_unch
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_repair_whose_listing_or_retention_read_fails_transiently_runs_again_and_converges() {
+async fn a_repair_whose_listing_or_retention_read_fails_transiently_or_is_overrun_runs_again_and_converges() {
     for (hook, what) in [
         (Hook::FlakyListing { n: 3 }, "listing"),
         (Hook::FlakyRetention { n: 3 }, "retention"),
+        (Hook::OverrunListing { n: 2 }, "overrun listing"),
     ] {
         let (_keep, kv, app, store, last) = gap().await;
         let watcher = Hooked::new(&kv, hook);

@@ -77,17 +77,47 @@ impl Drop for DeleteGuard {
     }
 }
 
-/// Delete a consumer, bounded, logging a failure at warn (best-effort).
+/// How many times a consumer delete is tried before the server's
+/// inactivity reaping is left to remove it.
+const DELETE_ATTEMPTS: u32 = 6;
+
+/// Delete a consumer, each attempt bounded. A failed attempt (the server
+/// that holds the consumer restarting, the connection moving) is tried
+/// again after a pause, 250 ms doubling, so a consumer whose server was
+/// down when its watch moved on does not linger until the server reaps
+/// it; after the last, the failure is logged at warn.
 pub(crate) async fn delete_consumer(conn: &ConnShared, stream: &str, name: &str) {
+    let mut pause = Duration::from_millis(250);
+    for attempt in 1..=DELETE_ATTEMPTS {
+        match delete_once(conn, stream, name).await {
+            Ok(()) => return,
+            Err(e) if attempt == DELETE_ATTEMPTS => {
+                warn!(consumer = %name, error = %e, attempt, "deleting consumer failed; the server reaps it when inactive");
+            }
+            Err(e) => {
+                debug!(consumer = %name, error = %e, ?pause, attempt, "deleting consumer failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+    }
+}
+
+/// One bounded delete; a consumer already gone counts as deleted.
+async fn delete_once(conn: &ConnShared, stream: &str, name: &str) -> Result<(), NatsError> {
     let api = format!("CONSUMER.DELETE.{stream}.{name}");
     match conn.api("consumer delete", &api, &json!({})).await {
-        Ok(_) => debug!(consumer = %name, "consumer deleted"),
+        Ok(_) => {
+            debug!(consumer = %name, "consumer deleted");
+            Ok(())
+        }
         Err(NatsError::Api {
             err_code: 10014, ..
-        }) => debug!(consumer = %name, "consumer already gone"),
-        Err(e) => {
-            warn!(consumer = %name, error = %e, "deleting consumer failed; the server reaps it when inactive")
+        }) => {
+            debug!(consumer = %name, "consumer already gone");
+            Ok(())
         }
+        Err(e) => Err(e),
     }
 }
 
@@ -259,11 +289,18 @@ impl PushConsumer {
         .await
     }
 
-    /// Delete the consumer now (bounded, best-effort).
+    /// Delete the consumer now (one bounded attempt); if that fails, the
+    /// retried delete goes on in the background.
     pub(crate) async fn delete(mut self) {
-        self.guard.armed = false;
         let _ = self.sub.unsubscribe().await;
-        delete_consumer(&self.guard.conn, &self.guard.stream, &self.guard.name).await;
+        let guard = &mut self.guard;
+        if delete_once(&guard.conn, &guard.stream, &guard.name)
+            .await
+            .is_ok()
+        {
+            guard.armed = false;
+        }
+        // Still armed: dropping the guard spawns the retried delete.
     }
 }
 
