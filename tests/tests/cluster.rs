@@ -93,15 +93,43 @@ fn logged_since(mark: usize, needle: &str) -> Vec<String> {
 /// Key -> (revision, value).
 type Fold = BTreeMap<String, (u64, Bytes)>;
 
+/// A fresh read of the bucket, retried while the cluster still refuses
+/// (a consumer create mid-election), within a deadline.
 async fn truth(bucket: &NatsBucket) -> Fold {
-    bucket
-        .reader()
-        .scan("")
-        .await
-        .unwrap()
-        .into_iter()
+    let reader = bucket.reader();
+    let scan = retried("scan", || reader.scan("")).await;
+    scan.into_iter()
         .map(|e| (e.key, (e.version.as_u64().unwrap(), e.value)))
         .collect()
+}
+
+/// The stream's last sequence, retried as [`truth`] is.
+async fn last_revision(bucket: &NatsBucket) -> u64 {
+    let watcher = bucket.watcher();
+    retried("retention", || watcher.retention())
+        .await
+        .last_revision
+}
+
+/// `op` until it succeeds, pausing 200 ms between tries, for up to 30 s.
+async fn retried<T, F, Fut>(what: &str, op: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, slipstream_kv::KvError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what} still failing after 30 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 fn fold_of<S: SnapshotStore>(store: &S) -> Fold {
@@ -636,7 +664,7 @@ async fn scenario(fault: Fault, period: Duration, secs: u64) -> (String, Logged)
     writing.cancel();
     writer.await.unwrap();
     cluster.wait_settled(&admin, &stream).await;
-    let last = bucket.watcher().retention().await.unwrap().last_revision;
+    let last = last_revision(&bucket).await;
     let expected = truth(&bucket).await;
     assert_eq!(expected.len() as u64, KEYS);
     for m in [&mut m1.status, &mut m2.status, &mut m3.status] {
@@ -742,7 +770,7 @@ async fn a_mirror_restarted_after_the_cluster_lost_and_regained_quorum_resumes_f
     let mut m1 = start("append-log", &bucket, append_log, Pace::Fast);
     let mut m2 = start("fjall", &bucket, fjall, Pace::Fast);
     let mut m3 = start("rocksdb", &bucket, rocksdb, Pace::Fast);
-    let synced = bucket.watcher().retention().await.unwrap().last_revision;
+    let synced = last_revision(&bucket).await;
     let ready = [m1.ready().await, m2.ready().await, m3.ready().await];
     assert_eq!(ready, [synced; 3], "every mirror synced");
     // The node stops: its mirrors hand back their stores.
@@ -789,7 +817,7 @@ async fn a_mirror_restarted_after_the_cluster_lost_and_regained_quorum_resumes_f
             }
         }
     }
-    let last = bucket.watcher().retention().await.unwrap().last_revision;
+    let last = last_revision(&bucket).await;
     let expected = truth(&bucket).await;
     let mut report = Vec::new();
     let c1 = s1.cursor().revision().unwrap();

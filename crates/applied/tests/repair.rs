@@ -689,7 +689,8 @@ async fn a_failing_listing_or_retention_read_stops_the_repair_with_the_fold_unch
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_repair_whose_listing_or_retention_read_fails_transiently_or_is_overrun_runs_again_and_converges() {
+async fn a_repair_whose_listing_or_retention_read_fails_transiently_or_is_overrun_runs_again_and_converges()
+ {
     for (hook, what) in [
         (Hook::FlakyListing { n: 3 }, "listing"),
         (Hook::FlakyRetention { n: 3 }, "retention"),
