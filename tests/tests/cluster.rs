@@ -851,7 +851,7 @@ async fn a_mirror_restarted_after_the_cluster_lost_and_regained_quorum_resumes_f
         report.push(applied);
     }
     eprintln!(
-        "quorum lost (2 of 3 servers killed) and regained: a write without quorum refused; \
+        "quorum lost (2 of 3 servers killed) and regained: a write without quorum not acknowledged (it may land once quorum returns); \
          {} writes after; each mirror resumed from its cursor {synced} and applied {report:?} \
          updates, no repair; 0 lost, 0 phantom keys",
         written.len()
