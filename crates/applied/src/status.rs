@@ -67,6 +67,10 @@ impl WatchStatus {
 }
 
 /// The receiving end of an applied watch's status.
+///
+/// A borrow (`borrow()`, or the reference `wait_for` returns) holds the
+/// channel's lock: the engine's next status update waits until it is
+/// dropped. Copy out what you need; never hold one across an `.await`.
 pub type StatusReceiver = watch::Receiver<WatchStatus>;
 
 /// The engine's side of the status and its metric handles.
