@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slipstream_kv::{KvWatcher, WatchScope};
-use slipstream_snapshot::{ArtifactManifest, SnapshotError, SnapshotStore, import_open};
+use slipstream_snapshot::{
+    ArtifactManifest, Handover, SnapshotError, SnapshotStore, import_open_with,
+};
 
 use crate::error::{AppliedError, RestoreRefusal};
 use crate::restore::artifact_refusal;
@@ -145,10 +147,19 @@ where
         return Ok(Bootstrap::Declined(refusal));
     }
     let (scratch, fetched) = fetch_to_scratch(source, &manifest, &config.scratch, bound).await?;
+    // A download into the scratch directory is ours to move into place;
+    // an artifact the source keeps (a local directory) is copied.
+    let handover = if fetched.starts_with(scratch.path()) {
+        Handover::Move
+    } else {
+        Handover::Copy
+    };
     let dest = dir.to_owned();
     let options = options.clone();
-    let imported =
-        tokio::task::spawn_blocking(move || import_open::<S>(&fetched, &dest, &options)).await;
+    let imported = tokio::task::spawn_blocking(move || {
+        import_open_with::<S>(&fetched, &dest, &options, handover)
+    })
+    .await;
     drop(scratch);
     let (imported, store) = match imported {
         Ok(Ok(opened)) => opened,

@@ -28,6 +28,10 @@ use crate::transport::{
 const CAS_ATTEMPTS: u32 = 8;
 /// Read buffer for downloads and manifests.
 const CHUNK: usize = 64 * 1024;
+/// Downloads reach the file in writes of this size: each write of an async
+/// file is a trip to a blocking thread, so one per chunk costs more than
+/// the copy.
+const WRITE_BUFFER: usize = 1 << 20;
 
 /// A metadata value and its revision; `value` is `None` for a delete
 /// marker (the key existed and was deleted).
@@ -707,7 +711,8 @@ async fn read_capped(
 }
 
 /// Stream an object into `to`, checking its length and BLAKE3 against
-/// `expected` as it arrives; memory stays at one chunk.
+/// `expected` as it arrives; memory stays at one chunk and one write
+/// buffer.
 async fn receive(
     mut reader: Box<dyn AsyncRead + Unpin + Send>,
     expected: &ManifestFile,
@@ -715,12 +720,13 @@ async fn receive(
     name: &str,
     stall: Duration,
 ) -> Result<(), FleetError> {
-    let mut out = tokio::fs::OpenOptions::new()
+    let file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(to)
         .await
         .map_err(|e| FleetError::io("create", to, e))?;
+    let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut hasher = blake3::Hasher::new();
     let mut received: u64 = 0;
     let mut buf = vec![0; CHUNK];

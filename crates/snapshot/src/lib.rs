@@ -49,8 +49,9 @@ pub use applog::{
     AppendLogOptions, AppendLogStore, CompactionPolicy, LOG_FILE, MAX_KEY_LEN, MAX_VALUE_LEN,
 };
 pub use artifact::{
-    ArtifactManifest, DATA_DIR, MANIFEST_FILE, MANIFEST_SCHEMA, MAX_MANIFEST_BYTES, ManifestFile,
-    PendingExport, Placement, begin_export, export, import, import_open, link_or_copy,
+    ArtifactManifest, DATA_DIR, Handover, MANIFEST_FILE, MANIFEST_SCHEMA, MAX_MANIFEST_BYTES,
+    ManifestFile, PendingExport, Placement, begin_export, export, import, import_open,
+    import_open_with, link_or_copy,
 };
 pub use error::{ArtifactInvalidReason, SnapshotError};
 pub use lsm::{

@@ -124,6 +124,25 @@ pub(crate) fn copy_hashing(from: &Path, to: &Path) -> Result<(u64, [u8; 32]), Sn
     Ok((size, *hasher.finalize().as_bytes()))
 }
 
+/// Move `from` to `to` (which must not exist), returning the size and
+/// BLAKE3 digest of the file as it was hashed, synced, before the move. On
+/// another file system it is copied as [`copy_hashing`] does.
+pub(crate) fn move_hashing(from: &Path, to: &Path) -> Result<(u64, [u8; 32]), SnapshotError> {
+    if to.exists() {
+        return Err(SnapshotError::io(
+            "create",
+            to,
+            io::Error::from(io::ErrorKind::AlreadyExists),
+        ));
+    }
+    let hashed = hash_and_sync(from)?;
+    match fs::rename(from, to) {
+        Ok(()) => Ok(hashed),
+        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => copy_hashing(from, to),
+        Err(e) => Err(SnapshotError::io("move", from, e)),
+    }
+}
+
 /// Size and BLAKE3 digest of a file, fsyncing it on the way.
 pub(crate) fn hash_and_sync(path: &Path) -> Result<(u64, [u8; 32]), SnapshotError> {
     let file = File::open(path).map_err(|e| SnapshotError::io("open", path, e))?;

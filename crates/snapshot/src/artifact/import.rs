@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::fsutil::{Staging, check_destination, copy_hashing};
+use super::fsutil::{Staging, check_destination, copy_hashing, move_hashing};
 use super::hex_encode;
 use super::manifest::{ArtifactManifest, DATA_DIR, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use crate::error::{ArtifactInvalidReason as Reason, SnapshotError};
@@ -63,8 +63,36 @@ pub fn import_open<S: SnapshotStore>(
     dest: &Path,
     options: &S::Options,
 ) -> Result<(ArtifactManifest, S), SnapshotError> {
+    import_open_with(artifact, dest, options, Handover::Copy)
+}
+
+/// What an import may do with the artifact's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handover {
+    /// They stay where they are: each is copied, and the copy is what is
+    /// hashed and used.
+    #[default]
+    Copy,
+    /// They are the caller's to give up (a download into its own scratch
+    /// directory): each is hashed and synced where it is, then moved into
+    /// the staging directory, which saves writing the data a second time.
+    /// Where a move cannot be made (another file system) it is copied. On
+    /// any refusal the files are gone from `artifact`.
+    Move,
+}
+
+/// [`import_open`], with the artifact's files handled as `handover` says.
+///
+/// # Errors
+/// As [`import`].
+pub fn import_open_with<S: SnapshotStore>(
+    artifact: &Path,
+    dest: &Path,
+    options: &S::Options,
+    handover: Handover,
+) -> Result<(ArtifactManifest, S), SnapshotError> {
     let existed = dest.exists();
-    let (manifest, staging) = stage::<S>(artifact, dest)?;
+    let (manifest, staging) = stage_with::<S>(artifact, dest, handover)?;
     staging.publish(dest)?;
     let opened = S::open(dest, options)
         .map_err(|e| {
@@ -125,6 +153,15 @@ fn stage<S: SnapshotStore>(
     artifact: &Path,
     dest: &Path,
 ) -> Result<(ArtifactManifest, Staging), SnapshotError> {
+    stage_with::<S>(artifact, dest, Handover::Copy)
+}
+
+/// [`stage`], with the files copied or moved as `handover` says.
+fn stage_with<S: SnapshotStore>(
+    artifact: &Path,
+    dest: &Path,
+    handover: Handover,
+) -> Result<(ArtifactManifest, Staging), SnapshotError> {
     let invalid = |reason| Err(SnapshotError::artifact(reason));
     match fs::symlink_metadata(artifact) {
         Ok(m) if m.is_dir() => {}
@@ -169,7 +206,11 @@ fn stage<S: SnapshotStore>(
         if let Some(parent) = to.parent() {
             fs::create_dir_all(parent).map_err(|e| SnapshotError::io("create", parent, e))?;
         }
-        let (size, digest) = copy_hashing(&artifact.join(&file.path), &to)?;
+        let from = artifact.join(&file.path);
+        let (size, digest) = match handover {
+            Handover::Copy => copy_hashing(&from, &to)?,
+            Handover::Move => move_hashing(&from, &to)?,
+        };
         if size != file.size {
             return invalid(Reason::SizeMismatch {
                 path: file.path.clone(),

@@ -10,7 +10,7 @@ mod manifest;
 pub use export::{PendingExport, begin_export, export};
 pub(crate) use fsutil::sync_dir;
 pub use fsutil::{Placement, link_or_copy};
-pub use import::{import, import_open};
+pub use import::{Handover, import, import_open, import_open_with};
 pub(crate) use manifest::hex_encode;
 pub use manifest::{
     ArtifactManifest, DATA_DIR, MANIFEST_FILE, MANIFEST_SCHEMA, MAX_MANIFEST_BYTES, ManifestFile,

@@ -12,7 +12,7 @@ use slipstream_kv::{
 };
 
 use super::{OptionsFor, dump, replay, updates};
-use crate::artifact::{import, import_open};
+use crate::artifact::{Handover, import, import_open, import_open_with};
 use crate::error::SnapshotError;
 use crate::store::{Durability, SnapshotStore, StoredEntry};
 
@@ -344,6 +344,42 @@ pub fn export_then_import_gives_identical_fold_and_cursor<S: SnapshotStore>(
         &WatchCursor::at(2_001),
     );
     assert_eq!(opened.cursor().revision(), Some(2_001));
+
+    // A moving import (a download handed over) gives the same fold, and
+    // the artifact's data files are gone from where they were.
+    let handed = tmp.path().join("handed");
+    copy_tree(&artifact, &handed);
+    let (manifest, moved) = import_open_with::<S>(
+        &handed,
+        &tmp.path().join("moved"),
+        &options(Durability::NoFsync),
+        Handover::Move,
+    )
+    .unwrap_or_else(|e| panic!("import_open_with Move: {e}"));
+    assert_eq!(manifest, exported);
+    assert_eq!(moved.cursor(), &memo_cursor(2_000));
+    assert_eq!(dump(&moved), oracle);
+    for file in &manifest.files {
+        assert!(
+            !handed.join(&file.path).exists(),
+            "{} was not moved",
+            file.path
+        );
+    }
+}
+
+/// Copy the directory tree at `from` to `to`.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{e}"));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{e}")) {
+        let entry = entry.unwrap_or_else(|e| panic!("{e}"));
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
 }
 
 /// Export refuses a destination that exists and is not empty, and leaves

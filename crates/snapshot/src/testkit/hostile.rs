@@ -8,7 +8,9 @@ use bytes::Bytes;
 use slipstream_kv::{KvEntry, KvUpdate, VersionToken, WatchCursor, WatchScope};
 
 use super::OptionsFor;
-use crate::artifact::{MANIFEST_FILE, MAX_MANIFEST_BYTES, hex_encode, import, import_open};
+use crate::artifact::{
+    Handover, MANIFEST_FILE, MAX_MANIFEST_BYTES, hex_encode, import, import_open, import_open_with,
+};
 use crate::error::{ArtifactInvalidReason as Reason, SnapshotError};
 use crate::store::{Durability, SnapshotStore};
 
@@ -178,6 +180,23 @@ pub fn import_rejects_hostile_artifact<S: SnapshotStore>(
     assert!(
         !dest.exists(),
         "{case:?}: import_open left something at the destination"
+    );
+    // Last, as it gives up the artifact's files: a moving import refuses
+    // it the same way.
+    let moved = import_open_with::<S>(
+        &artifact,
+        &dest,
+        &options(Durability::NoFsync),
+        Handover::Move,
+    );
+    match &moved {
+        Err(SnapshotError::ArtifactInvalid { reason }) if case.accepts(reason) => {}
+        Err(other) => panic!("{case:?}: a moving import: expected its typed reason, got {other:?}"),
+        Ok(_) => panic!("{case:?}: a moving import accepted a hostile artifact"),
+    }
+    assert!(
+        !dest.exists(),
+        "{case:?}: a moving import left something at the destination"
     );
     let hidden: Vec<_> = ok(fs::read_dir(tmp.path()))
         .filter_map(Result::ok)
