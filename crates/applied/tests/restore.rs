@@ -854,6 +854,21 @@ async fn a_new_node_bootstrapped_from_an_artifact_keeps_aged_out_keys_and_takes_
         vec![Some(6)],
         "only the delta goes through parse"
     );
+    // The source keeps its artifact: the import copied it (a moving
+    // import would leave its files missing), so another node can take it.
+    let again = bootstrap_into(
+        &s.kv,
+        &artifacts,
+        &work.path().join("second"),
+        WatchScope::All,
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(again, Bootstrap::Imported { .. }),
+        "the local artifact is gone: {:?}",
+        again.declined()
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -34,7 +34,7 @@ pub fn import<S: SnapshotStore>(
     dest: &Path,
     options: &S::Options,
 ) -> Result<ArtifactManifest, SnapshotError> {
-    let (manifest, staging) = stage::<S>(artifact, dest)?;
+    let (manifest, staging) = stage::<S>(artifact, dest, Handover::Copy)?;
     let cursor = S::verify_dir(staging.path(), options).map_err(|e| {
         SnapshotError::artifact(Reason::DataUnreadable {
             detail: e.to_string(),
@@ -92,7 +92,7 @@ pub fn import_open_with<S: SnapshotStore>(
     handover: Handover,
 ) -> Result<(ArtifactManifest, S), SnapshotError> {
     let existed = dest.exists();
-    let (manifest, staging) = stage_with::<S>(artifact, dest, handover)?;
+    let (manifest, staging) = stage::<S>(artifact, dest, handover)?;
     staging.publish(dest)?;
     let opened = S::open(dest, options)
         .map_err(|e| {
@@ -146,18 +146,10 @@ fn remove_published(dest: &Path, existed: bool) {
     }
 }
 
-/// Every check on the artifact itself, then a copy of its data files into
-/// a staging directory next to `dest`, each copy's size and BLAKE3 digest
-/// matched against the manifest.
+/// Every check on the artifact itself, then its data files copied or
+/// moved (as `handover` says) into a staging directory next to `dest`,
+/// each one's size and BLAKE3 digest matched against the manifest.
 fn stage<S: SnapshotStore>(
-    artifact: &Path,
-    dest: &Path,
-) -> Result<(ArtifactManifest, Staging), SnapshotError> {
-    stage_with::<S>(artifact, dest, Handover::Copy)
-}
-
-/// [`stage`], with the files copied or moved as `handover` says.
-fn stage_with<S: SnapshotStore>(
     artifact: &Path,
     dest: &Path,
     handover: Handover,

@@ -9,7 +9,7 @@ use slipstream_kv::{KvEntry, KvUpdate, VersionToken, WatchCursor, WatchScope};
 
 use super::OptionsFor;
 use crate::artifact::{
-    Handover, MANIFEST_FILE, MAX_MANIFEST_BYTES, hex_encode, import, import_open, import_open_with,
+    Handover, MANIFEST_FILE, MAX_MANIFEST_BYTES, hex_encode, import, import_open_with,
 };
 use crate::error::{ArtifactInvalidReason as Reason, SnapshotError};
 use crate::store::{Durability, SnapshotStore};
@@ -170,34 +170,25 @@ pub fn import_rejects_hostile_artifact<S: SnapshotStore>(
         "{case:?}: nothing may appear at the destination"
     );
     // The opening import checks the store at the destination itself, and
-    // must leave it as absent as the plain one.
-    let opened = import_open::<S>(&artifact, &dest, &options(Durability::NoFsync));
-    match &opened {
-        Err(SnapshotError::ArtifactInvalid { reason }) if case.accepts(reason) => {}
-        Err(other) => panic!("{case:?}: import_open: expected its typed reason, got {other:?}"),
-        Ok(_) => panic!("{case:?}: import_open accepted a hostile artifact"),
+    // must leave it as absent as the plain one; the moving import last, as
+    // it gives up the artifact's files.
+    for handover in [Handover::Copy, Handover::Move] {
+        let opened =
+            import_open_with::<S>(&artifact, &dest, &options(Durability::NoFsync), handover);
+        match &opened {
+            Err(SnapshotError::ArtifactInvalid { reason }) if case.accepts(reason) => {}
+            Err(other) => {
+                panic!(
+                    "{case:?}: import_open {handover:?}: expected its typed reason, got {other:?}"
+                )
+            }
+            Ok(_) => panic!("{case:?}: import_open {handover:?} accepted a hostile artifact"),
+        }
+        assert!(
+            !dest.exists(),
+            "{case:?}: import_open {handover:?} left something at the destination"
+        );
     }
-    assert!(
-        !dest.exists(),
-        "{case:?}: import_open left something at the destination"
-    );
-    // Last, as it gives up the artifact's files: a moving import refuses
-    // it the same way.
-    let moved = import_open_with::<S>(
-        &artifact,
-        &dest,
-        &options(Durability::NoFsync),
-        Handover::Move,
-    );
-    match &moved {
-        Err(SnapshotError::ArtifactInvalid { reason }) if case.accepts(reason) => {}
-        Err(other) => panic!("{case:?}: a moving import: expected its typed reason, got {other:?}"),
-        Ok(_) => panic!("{case:?}: a moving import accepted a hostile artifact"),
-    }
-    assert!(
-        !dest.exists(),
-        "{case:?}: a moving import left something at the destination"
-    );
     let hidden: Vec<_> = ok(fs::read_dir(tmp.path()))
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
