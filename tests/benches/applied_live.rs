@@ -1,5 +1,5 @@
-//! The applied-watch engine over a live nats-server (performance.md T1, T2,
-//! T4), all against one bucket filled once per run:
+//! The applied-watch engine over a live nats-server (docs/rules.md T1,
+//! T2, T4), all against one bucket filled once per run:
 //!
 //! - T1: a state-sync hydration drained bare by async-nats
 //!   (`watch_with_history`), drained bare by the slipstream NATS watch, and

@@ -1,4 +1,4 @@
-//! Fleet artifacts over a live nats-server (performance.md T7, issue 19):
+//! Fleet artifacts over a live nats-server (T7 in docs/rules.md, issue 19):
 //!
 //! - T7: a fresh node bootstrapped from an artifact in the NATS object
 //!   store (fetch with BLAKE3 checks, verified import, open, then the

@@ -3,8 +3,11 @@
 use serde_json::Value;
 
 /// A client whose KV bucket creation the live suites reproduce, stream
-/// config for stream config (measured-facts.md, "Buckets made by other
-/// clients"), so the engine meets buckets as users have them.
+/// config for stream config, so the engine meets buckets as users have
+/// them. Other clients' buckets differ from ours: nats-py 2.16 sets
+/// `allow_msg_ttl` on every KV stream (with discard new, rollups allowed,
+/// deletes denied, a duplicate window of min(ttl, 120 s)); nats.go sets it
+/// only with limit markers, and then `subject_delete_marker_ttl` too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvClient {
     /// nats-py 2.16 `create_key_value(bucket=..., history=1)`: per-message

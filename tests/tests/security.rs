@@ -1,4 +1,4 @@
-//! No secret reaches a log line or a `Debug` output (N1, S2), with
+//! No secret reaches a log line or a `Debug` output (N1), with
 //! `user:pass` in the URL and every kind of credential configured.
 
 // Test helpers: a failed expectation is a test failure.

@@ -1,4 +1,4 @@
-//! Engine throughput over the simulator (performance.md T1/T2 context):
+//! Engine throughput over the simulator (context for T1/T2 in docs/rules.md):
 //! a state-sync hydration of a pre-filled bucket, drained bare, through the
 //! engine without a store, and through the engine into the append-log
 //! store (no fsync). `cargo bench -p slipstream-applied --bench engine`.

@@ -1,4 +1,4 @@
-//! T5 (performance.md): the memory and time of a Relist repair.
+//! T5 (docs/rules.md): the memory and time of a Relist repair.
 //!
 //! A simulator bucket holds `KEYS` keys; a fjall fold is synced to it at
 //! revision `KEYS`. While the node is "down" every key is rewritten, 1% of

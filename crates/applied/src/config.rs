@@ -155,8 +155,8 @@ impl Default for MassDeletePolicy {
     }
 }
 
-/// How an applied watch is set up (architecture: one entry point taking the
-/// watcher plus this config).
+/// How an applied watch is set up: one entry point takes the watcher plus
+/// this config.
 ///
 /// `S` is the store the fold is committed to, or [`NoStore`]: then the
 /// caller supplies the resume cursor ([`AppliedConfig::resume_from`]) and

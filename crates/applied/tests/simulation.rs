@@ -1,4 +1,4 @@
-//! Deterministic simulation (testing.md): seeded schedules of writes,
+//! Deterministic simulation (docs/rules.md, O1–O3): seeded schedules of writes,
 //! deletes, purges, crashes (the engine dropped at whatever await it is
 //! in, the store reopened), watch failures and transient store failures,
 //! over the simulator on a paused clock. O1–O3 are checked after every

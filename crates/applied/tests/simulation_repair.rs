@@ -1,4 +1,4 @@
-//! Deterministic simulation with repairs (testing.md; behaviour.md R1–R9,
+//! Deterministic simulation with repairs (docs/rules.md: R1–R9,
 //! K1, K6–K11, K14): seeded schedules of writes, deletes, crashes and
 //! watch failures, plus head eviction (stream purges, `max_msgs` with
 //! discard-old, `max_age` ageing on the simulator's clock), purges of

@@ -7,7 +7,7 @@
 //! that finds no counterexample speaks about the code that runs. A rank is a
 //! revision (a stream sequence); a cursor without a revision ranks 0.
 //!
-//! Each function is named after its rule in `behaviour.md` (K1–K14; the
+//! Each function is named after its rule in `docs/rules.md` (K1–K18; the
 //! export lease's takeover rule belongs to A5).
 //!
 //! ```
@@ -28,6 +28,7 @@ mod cursor;
 mod lease;
 mod repair;
 mod resume;
+mod watch;
 
 pub use artifact::{PointerState, payload_prunable, pointer_publish_allowed};
 pub use cursor::{is_replay, next_high_water};
@@ -41,4 +42,9 @@ pub use repair::{
 pub use resume::{
     FloorVerdict, StreamStart, cursor_beyond_log, floor_verdict, gap_needs_floor_check,
     resume_start_sequence, resume_window_ok, stream_start,
+};
+pub use watch::{
+    CaughtUpAction, CaughtUpVerdict, CaughtUpView, FloorConfirmation, GapAction, GapView,
+    NextStart, caught_up_short, caught_up_verdict, checks_gaps, confirm_floor, gap_action,
+    listed_put_needed, next_start, relist_floor, trusted_rank,
 };

@@ -1,4 +1,4 @@
-//! The oracles of `simulation_repair.rs` (testing.md O1–O3) over the
+//! The oracles of `simulation_repair.rs` (O1–O3 in docs/rules.md) over the
 //! test's own log of every write, per bucket incarnation.
 
 use std::collections::{BTreeMap, BTreeSet};
