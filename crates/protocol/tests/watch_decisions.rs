@@ -5,9 +5,8 @@
 use proptest::prelude::*;
 use slipstream_protocol::{
     CaughtUpAction, CaughtUpVerdict, CaughtUpView, FloorConfirmation, GapAction, GapReading,
-    GapView, NextStart, caught_up_short, caught_up_verdict, checks_gaps, confirm_floor,
-    gap_action, listed_put_needed, next_start, quiet_for_repair, relist_floor, resume_window_ok,
-    trusted_rank,
+    GapView, NextStart, caught_up_short, caught_up_verdict, checks_gaps, confirm_floor, gap_action,
+    listed_put_needed, next_start, quiet_for_repair, relist_floor, resume_window_ok, trusted_rank,
 };
 
 const READINGS: [GapReading; 2] = [GapReading::RepairWhenQuiet, GapReading::RepairNow];
@@ -222,10 +221,7 @@ fn an_evicting_bucket_past_the_frontier_is_an_expiry() {
         first_sequence: 12,
         ..caught_up()
     };
-    assert_eq!(
-        caught_up_verdict(evicting).action,
-        CaughtUpAction::Overrun
-    );
+    assert_eq!(caught_up_verdict(evicting).action, CaughtUpAction::Overrun);
     let inside = CaughtUpView {
         first_sequence: 11,
         ..evicting
@@ -316,7 +312,10 @@ fn a_listing_stands_for_what_it_was_planned_on() {
 }
 
 fn any_reading() -> impl Strategy<Value = GapReading> {
-    prop_oneof![Just(GapReading::RepairWhenQuiet), Just(GapReading::RepairNow)]
+    prop_oneof![
+        Just(GapReading::RepairWhenQuiet),
+        Just(GapReading::RepairNow)
+    ]
 }
 
 prop_compose! {
