@@ -10,40 +10,9 @@ use crate::config::AppliedConfig;
 use crate::engine::Engine;
 use crate::error::AppliedError;
 use crate::handlers::Handlers;
+use crate::outcome::{Finished, Stopped};
 use crate::slot::{NoStore, StoreSlot};
 use crate::status::{StatusReceiver, WatchStatus};
-
-/// Why a watch stopped without an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StopReason {
-    /// The shutdown token was cancelled.
-    Shutdown,
-    /// The watch stream ended.
-    EndOfStream,
-}
-
-/// A watch that stopped cleanly, after flushing its pending batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stopped {
-    /// The last cursor reported to `on_applied` (with a store: the store's
-    /// committed cursor). Resume from here.
-    pub cursor: WatchCursor,
-    /// Why it stopped.
-    pub reason: StopReason,
-}
-
-/// How [`AppliedWatch::run`] ended: the outcome, and the store handed back
-/// intact so the caller can resume in process.
-#[derive(Debug)]
-pub struct Finished<S> {
-    /// A clean stop, or why the watch failed.
-    pub result: Result<Stopped, AppliedError>,
-    /// The store, holding its last committed (data, cursor); `None` only
-    /// when a blocking store task panicked with it.
-    pub store: Option<S>,
-    /// The last reported cursor, also on failure.
-    pub cursor: WatchCursor,
-}
 
 /// The applied-watch engine: folds a bucket's watch through the
 /// application's `parse` and `apply` into a store, one batch at a time, and

@@ -187,6 +187,22 @@ pub(crate) struct Settings {
     pub(crate) restore: Option<Arc<dyn RestoreSource>>,
 }
 
+impl Settings {
+    /// The configured answer to an expiry, or the default for a store that
+    /// is `durable` (or not).
+    pub(crate) fn on_expiry_for(&self, durable: bool) -> OnExpiry {
+        self.on_expiry.unwrap_or(OnExpiry::default_for(durable))
+    }
+
+    /// Whether a gap on a bucket that evicts nothing current makes a
+    /// repair due: only where a repair answers it. A node that stops on
+    /// expiry (or has no store) would otherwise stop on supersession, so it
+    /// goes on there, as K11 generalised expects of a gap.
+    pub(crate) fn repairs_gaps(&self, durable: bool) -> bool {
+        durable && matches!(self.on_expiry_for(durable), OnExpiry::Repair(_))
+    }
+}
+
 impl AppliedConfig<NoStore> {
     /// A watch of `scope` without a store, starting with a state-sync.
     #[must_use]

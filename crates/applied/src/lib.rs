@@ -77,9 +77,9 @@ mod bootstrap;
 mod config;
 mod engine;
 mod error;
-mod expiry;
 mod export;
 mod handlers;
+mod outcome;
 mod restore;
 mod scratch;
 mod slot;
@@ -88,7 +88,7 @@ mod spill;
 mod status;
 mod ttl;
 
-pub use applied::{AppliedWatch, Finished, StopReason, Stopped};
+pub use applied::AppliedWatch;
 pub use bootstrap::{Bootstrap, BootstrapConfig, bootstrap};
 pub use config::{
     AppliedConfig, BatchPolicy, MassDeletePolicy, OnExpiry, RetryPolicy, ScratchPolicy, Timeouts,
@@ -96,6 +96,7 @@ pub use config::{
 pub use error::{AppliedError, RepairCause, RestoreRefusal};
 pub use export::{ExportRequest, ExportRequests, Exporter, export_channel};
 pub use handlers::{Handlers, IgnoreApplied, handlers};
+pub use outcome::{Finished, StopReason, Stopped};
 pub use restore::artifact_refusal;
 pub use slipstream_protocol::{MassDeleteLimit, RepairMode};
 pub use slot::{NoStore, StoreSlot};

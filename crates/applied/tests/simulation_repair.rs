@@ -35,6 +35,8 @@
 
 mod common;
 // Not declared in `common`: only this file runs these schedules.
+#[path = "common/repair_node.rs"]
+mod repair_node;
 #[path = "common/repair_ops.rs"]
 mod repair_ops;
 #[path = "common/repair_oracle.rs"]

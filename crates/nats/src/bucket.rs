@@ -5,15 +5,13 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use serde_json::Value;
-use slipstream_kv::{DiscardPolicy, Eviction, MessageTtl, Retention, StorageKind, StoreConfig};
+use slipstream_kv::{DiscardPolicy, MessageTtl, StorageKind, StoreConfig};
 use tracing::{debug, info, warn};
 
-use crate::api::{ConnShared, StreamFacts, api_error, bounded};
+use crate::api::ConnShared;
 use crate::error::NatsError;
+use crate::jetstream::{STREAM_EXISTS, api_error, bounded};
 use crate::store::NatsBucket;
-
-/// The JetStream error code for "stream name already in use".
-const ALREADY_EXISTS: u64 = 10058;
 
 /// Open `config.name`, creating it with `config` when it does not exist.
 pub(crate) async fn open_bucket(
@@ -102,7 +100,7 @@ pub(crate) fn classify_create_reply(bytes: &[u8]) -> Result<CreateOutcome, NatsE
         .get("description")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if code == Some(ALREADY_EXISTS) || err_code == Some(ALREADY_EXISTS) {
+    if code == Some(STREAM_EXISTS) || err_code == Some(STREAM_EXISTS) {
         return Ok(CreateOutcome::AlreadyExists);
     }
     if code == Some(400)
@@ -165,23 +163,6 @@ pub(crate) fn stream_config(config: &StoreConfig) -> stream::Config {
     }
 }
 
-/// N11: retention from the stream's configuration and state.
-pub(crate) fn retention_of(facts: &StreamFacts) -> Retention {
-    let limited = facts.max_msgs > 0 || facts.max_bytes > 0;
-    Retention {
-        eviction: Eviction {
-            max_age: facts.max_age.is_some(),
-            discard_old_limit: facts.discard_old && limited,
-            per_message_ttl: facts.allow_msg_ttl,
-        },
-        first_revision: facts.first_sequence,
-        last_revision: facts.last_sequence,
-        identity: facts.identity.clone(),
-        max_age: facts.max_age,
-        observed_at: facts.observed_at,
-    }
-}
-
 /// Whether a consumer-creation error names a start-sequence problem (N7's
 /// second line of defence). Biased to true; "stream not found" is not one.
 pub(crate) fn names_start_problem(description: &str) -> bool {
@@ -200,7 +181,6 @@ pub(crate) fn names_start_problem(description: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slipstream_kv::{BucketIdentity, Timestamp};
 
     #[test]
     fn already_exists_is_recognised_in_code_or_err_code() {
@@ -250,46 +230,6 @@ mod tests {
         assert_eq!(c.subjects, ["$KV.b.>"]);
         let short = stream_config(&StoreConfig::new("b").max_age(Duration::from_secs(5)));
         assert_eq!(short.duplicate_window, Duration::from_secs(5));
-    }
-
-    fn facts(
-        max_age: Option<Duration>,
-        max_bytes: i64,
-        discard_old: bool,
-        ttl: bool,
-    ) -> StreamFacts {
-        StreamFacts {
-            first_sequence: 1,
-            last_sequence: 0,
-            bytes: 0,
-            consumer_count: 0,
-            identity: BucketIdentity {
-                stream: "KV_b".into(),
-                created: Timestamp::from_unix_nanos(1),
-            },
-            observed_at: Timestamp::from_unix_nanos(2),
-            max_age,
-            max_msgs: -1,
-            max_bytes,
-            discard_old,
-            allow_msg_ttl: ttl,
-        }
-    }
-
-    #[test]
-    fn retention_evicts_current_values_by_age_or_discard_old_limit_not_ttl() {
-        assert!(!retention_of(&facts(None, -1, true, false)).evicts_current_values());
-        assert!(!retention_of(&facts(None, 100, false, false)).evicts_current_values());
-        let by_limit = retention_of(&facts(None, 100, true, false));
-        assert!(by_limit.evicts_current_values() && !by_limit.age_is_only_eviction());
-        let by_age = retention_of(&facts(Some(Duration::from_secs(1)), -1, true, false));
-        assert!(by_age.evicts_current_values() && by_age.age_is_only_eviction());
-        // nats-py's default bucket: TTL allowed, discard new, no max_age.
-        let by_ttl = retention_of(&facts(None, -1, false, true));
-        assert!(!by_ttl.evicts_current_values() && !by_ttl.age_is_only_eviction());
-        assert!(by_ttl.listing_truth(false).is_truth());
-        let age_and_ttl = retention_of(&facts(Some(Duration::from_secs(1)), -1, false, true));
-        assert!(age_and_ttl.evicts_current_values() && !age_and_ttl.age_is_only_eviction());
     }
 
     #[test]

@@ -11,10 +11,11 @@ use base64::Engine as _;
 use slipstream_kv::{Connection, ConnectionCapabilities, KvError, StoreConfig};
 use tracing::{debug, info, warn};
 
-use crate::api::{ConnShared, bounded};
+use crate::api::ConnShared;
 use crate::bucket::open_bucket;
 use crate::config::{AuthMethod, BackendSettings, NatsConfig, TlsMode, split_userinfo};
 use crate::error::NatsError;
+use crate::jetstream::bounded;
 use crate::store::NatsBucket;
 
 enum Source {

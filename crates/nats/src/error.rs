@@ -69,6 +69,18 @@ pub enum NatsError {
     CursorExpired(ExpiryReason),
 }
 
+impl NatsError {
+    /// The JetStream error code of a server refusal, for telling "not
+    /// found" or "already exists" from other failures.
+    #[must_use]
+    pub fn err_code(&self) -> Option<u64> {
+        match self {
+            Self::Api { err_code, .. } => Some(*err_code),
+            _ => None,
+        }
+    }
+}
+
 impl From<NatsError> for KvError {
     fn from(err: NatsError) -> Self {
         match err {

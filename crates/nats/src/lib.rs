@@ -8,6 +8,11 @@
 //! start below its first sequence; All-scope delta watches guard the
 //! retention floor while they run.
 //!
+//! The JetStream plumbing underneath (bounded API requests, stream facts,
+//! the push consumer and its re-create loop) is public in [`jetstream`], so
+//! that `slipstream-stream`'s projections of plain streams run on the same
+//! code.
+//!
 //! ```
 //! use std::time::Duration;
 //! use slipstream_nats::{AuthMethod, NatsConfig, NatsConnection, Secret, parse_ack_subject};
@@ -34,6 +39,7 @@ mod connection;
 mod consumer;
 mod decode;
 mod error;
+pub mod jetstream;
 mod outbox;
 mod scan;
 mod settle;
@@ -45,8 +51,8 @@ pub use config::{
     AuthMethod, BackendSettings, Credentials, NatsConfig, Secret, TlsConfig, TlsMode,
 };
 pub use connection::NatsConnection;
-pub use consumer::CONSUMER_PREFIX;
 pub use decode::LogPayload;
 pub use error::NatsError;
+pub use jetstream::CONSUMER_PREFIX;
 pub use store::NatsBucket;
 pub use watch::NatsWatch;

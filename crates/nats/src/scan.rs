@@ -8,9 +8,10 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::ack::parse_ack_subject;
-use crate::consumer::{ConsumerRequest, Delivery, PushConsumer, StartPolicy, filter_subjects};
+use crate::consumer::{create_consumer, filter_subjects};
 use crate::decode::{message_size, to_update};
 use crate::error::NatsError;
+use crate::jetstream::{Delivery, StartPolicy};
 use crate::settle::{Next, Settle};
 use crate::store::NatsBucket;
 
@@ -36,16 +37,18 @@ impl NatsBucket {
         inner.conn.ensure_open()?;
         let conn = Arc::clone(&inner.conn);
         let filters = filter_subjects(&inner.keyspace, &[prefix.to_owned()]);
-        let request = ConsumerRequest {
-            stream: &inner.stream,
-            filters: &filters,
-            start: StartPolicy::LastPerSubject,
-            headers_only,
-        };
         let timeout = self.timeout();
         let heartbeat = conn.settings.idle_heartbeat.min(timeout);
-        let mut consumer = PushConsumer::create(&conn, &request, heartbeat).await?;
-        let pending = consumer.initial_pending;
+        let mut consumer = create_consumer(
+            &conn,
+            &inner.stream,
+            &filters,
+            StartPolicy::LastPerSubject,
+            headers_only,
+            heartbeat,
+        )
+        .await?;
+        let pending = consumer.initial_pending();
         let mut settle = match Settle::after_creation(self, pending, prefix.is_empty()).await {
             Ok(settle) => settle,
             Err(e) => {
@@ -113,7 +116,7 @@ impl NatsBucket {
                 | Delivery::Heartbeat {
                     stalled: Some(subject),
                     ..
-                } => consumer.reply_flow_control(&conn, subject).await?,
+                } => consumer.reply_flow_control(subject).await?,
                 // Idle: a rewrite the last hint waited for may be gone.
                 Delivery::Heartbeat { .. } => {
                     settled = settle.check(self, &filters, frontier).await?;

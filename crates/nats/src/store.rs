@@ -14,9 +14,10 @@ use slipstream_kv::{
     validate_key,
 };
 
-use crate::api::{ConnShared, bounded};
+use crate::api::ConnShared;
 use crate::decode::KV_OPERATION;
 use crate::error::NatsError;
+use crate::jetstream::bounded;
 
 pub(crate) struct BucketInner {
     pub(crate) conn: Arc<ConnShared>,
@@ -98,7 +99,7 @@ impl NatsBucket {
                     operation: operation.to_owned(),
                     reason: e.to_string(),
                 })?;
-            Ok(ack.await)
+            Ok::<_, NatsError>(ack.await)
         })
         .await
         .map_err(|e| PublishFailure::Other(e.into()))?;

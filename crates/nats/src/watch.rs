@@ -20,11 +20,13 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::ack::parse_ack_subject;
-use crate::api::{STREAM_NOT_FOUND, StreamFacts};
-use crate::bucket::{names_start_problem, retention_of};
-use crate::consumer::{ConsumerRequest, Delivery, PushConsumer, StartPolicy, filter_subjects};
+use crate::bucket::names_start_problem;
+use crate::consumer::{PushConsumer, create_consumer, filter_subjects};
 use crate::decode::to_update;
 use crate::error::NatsError;
+use crate::jetstream::{
+    Delivery, RecreateFailed, STREAM_NOT_FOUND, StartPolicy, StreamFacts, recreate_within,
+};
 use crate::outbox::{Item, Outbox};
 use crate::settle::{Next, Settle};
 use crate::store::NatsBucket;
@@ -105,7 +107,7 @@ impl Stream for NatsWatch {
 /// with a relist once the bucket is quiet; ending the watch there would
 /// stop a node on every hot key.
 fn guarded(facts: &StreamFacts) -> bool {
-    retention_of(facts).evicts_current_values()
+    facts.retention().evicts_current_values()
 }
 
 fn expired(reason: ExpiryReason) -> KvError {
@@ -153,13 +155,10 @@ impl NatsBucket {
         start: StartPolicy,
     ) -> Result<PushConsumer, KvError> {
         let conn = &self.inner.conn;
-        let request = ConsumerRequest {
-            stream: &self.inner.stream,
-            filters,
-            start,
-            headers_only: false,
-        };
-        match PushConsumer::create(conn, &request, conn.settings.idle_heartbeat).await {
+        let heartbeat = conn.settings.idle_heartbeat;
+        let created =
+            create_consumer(conn, &self.inner.stream, filters, start, false, heartbeat).await;
+        match created {
             Ok(c) => Ok(c),
             Err(NatsError::Api { err_code, .. }) if err_code == STREAM_NOT_FOUND => {
                 Err(KvError::BucketNotFound {
@@ -227,7 +226,8 @@ impl KvWatcher for NatsBucket {
                 let consumer = self
                     .watch_consumer(&filters, StartPolicy::LastPerSubject)
                     .await?;
-                let settle = Settle::after_creation(self, consumer.initial_pending, scope.is_all());
+                let settle =
+                    Settle::after_creation(self, consumer.initial_pending(), scope.is_all());
                 let settle = match settle.await {
                     Ok(settle) => settle,
                     Err(e) => {
@@ -246,7 +246,7 @@ impl KvWatcher for NatsBucket {
                     Some(id) => id.clone(),
                     None => self.facts().await?.identity,
                 };
-                let settle = Settle::delta(consumer.initial_pending);
+                let settle = Settle::delta(consumer.initial_pending());
                 (consumer, settle, identity, Some(rank))
             }
         };
@@ -270,7 +270,7 @@ impl KvWatcher for NatsBucket {
     }
 
     async fn retention(&self) -> Result<Retention, KvError> {
-        Ok(retention_of(&self.facts().await?))
+        Ok(self.facts().await?.retention())
     }
 }
 
@@ -332,10 +332,7 @@ impl WatchTask {
                         stalled: Some(subject),
                         ..
                     },
-                ) => match consumer
-                    .reply_flow_control(&self.bucket.inner.conn, subject)
-                    .await
-                {
+                ) => match consumer.reply_flow_control(subject).await {
                     Ok(()) => Flow::Continue,
                     Err(e) => Flow::Recreate(e.to_string()),
                 },
@@ -373,7 +370,7 @@ impl WatchTask {
                             // A consumer re-created after a delivery starts
                             // right after it; one re-created before any is a
                             // fresh state-sync, settled by the tail only.
-                            let pending = consumer.initial_pending;
+                            let pending = consumer.initial_pending();
                             self.arm_catch_up(Some(pending)).await;
                         }
                         Err(e) => {
@@ -514,11 +511,9 @@ impl WatchTask {
 
     /// Re-create the consumer after the frontier, retrying transient
     /// failures within `budget`.
-    async fn recreate(&mut self, budget: Duration) -> Result<PushConsumer, KvError> {
-        let give_up = Instant::now() + budget;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let attempt = match self.frontier {
+    async fn recreate(&self, budget: Duration) -> Result<PushConsumer, KvError> {
+        let attempt = || async {
+            match self.frontier {
                 Some(rank) => {
                     self.bucket
                         .resume_consumer(&self.filters, Some(&self.identity), rank)
@@ -529,21 +524,19 @@ impl WatchTask {
                         .watch_consumer(&self.filters, StartPolicy::LastPerSubject)
                         .await
                 }
-            };
-            match attempt {
-                Ok(consumer) => return Ok(consumer),
-                Err(e @ (KvError::CursorExpired { .. } | KvError::NotConnected)) => return Err(e),
-                Err(e) if Instant::now() + backoff >= give_up => {
-                    return Err(KvError::Watch(format!(
-                        "could not re-create the watch consumer within {budget:?}: {e}"
-                    )));
-                }
-                Err(e) => {
-                    warn!(error = %e, ?backoff, "re-creating the watch consumer failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
             }
+        };
+        let fatal =
+            |e: &KvError| matches!(e, KvError::CursorExpired { .. } | KvError::NotConnected);
+        let on_retry = |e: &KvError, backoff: Duration| {
+            warn!(error = %e, ?backoff, "re-creating the watch consumer failed; retrying");
+        };
+        match recreate_within(budget, attempt, fatal, on_retry).await {
+            Ok(consumer) => Ok(consumer),
+            Err(RecreateFailed::Fatal(e)) => Err(e),
+            Err(RecreateFailed::OutOfBudget(e)) => Err(KvError::Watch(format!(
+                "could not re-create the watch consumer within {budget:?}: {e}"
+            ))),
         }
     }
 }

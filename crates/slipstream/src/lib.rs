@@ -11,6 +11,7 @@
 //! | feature | default | brings |
 //! | --- | --- | --- |
 //! | `nats` | yes | [`nats`]: the async-nats backend ([`NatsConnection`]) |
+//! | `stream` | no | [`stream`]: projections of plain JetStream streams |
 //! | `memory` | no | [`memory`]: a deterministic in-process JetStream KV for tests |
 //! | `fjall` | no | [`fjall`]: the fjall snapshot store |
 //! | `rocksdb` | no | [`rocksdb`]: the RocksDB snapshot store (slow C++ build) |
@@ -86,6 +87,12 @@ pub use slipstream_fleet as fleet;
 /// The NATS JetStream backend.
 #[cfg(feature = "nats")]
 pub use slipstream_nats as nats;
+
+/// Projections of plain JetStream streams: ensure a stream, replay it and
+/// tail it through the applied-watch engine, for data that lives in a
+/// stream rather than a KV bucket.
+#[cfg(feature = "stream")]
+pub use slipstream_stream as stream;
 
 /// The in-process JetStream KV simulator.
 #[cfg(feature = "memory")]

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use async_nats::Client;
 use serde_json::{Value, json};
+use slipstream_nats::jetstream::{STREAM_EXISTS, api, nanos, stream_info};
 use tracing::{debug, info};
 
-use crate::api::{STREAM_EXISTS, api, nanos, stream_info};
 use crate::error::StreamError;
 
 /// Where the server keeps a stream's messages.
@@ -167,8 +167,10 @@ pub async fn ensure_stream(
             debug!(stream = %spec.name, "stream exists; its configuration is left as it is");
             return Ok(Ensured::Existing);
         }
-        Err(StreamError::StreamNotFound(_)) => {}
-        Err(e) => return Err(e),
+        Err(e) => match StreamError::about_stream(&spec.name, e) {
+            StreamError::StreamNotFound(_) => {}
+            e => return Err(e),
+        },
     }
     let created = api(
         client,
@@ -184,10 +186,8 @@ pub async fn ensure_stream(
             Ok(Ensured::Created)
         }
         // Someone else created it between our look-up and our create.
-        Err(StreamError::Api { err_code, .. }) if err_code == STREAM_EXISTS => {
-            Ok(Ensured::Existing)
-        }
-        Err(e) => Err(e),
+        Err(e) if e.err_code() == Some(STREAM_EXISTS) => Ok(Ensured::Existing),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use slipstream_applied::{AppliedError, RepairCause};
 use slipstream_kv::{BucketIdentity, ExpiryReason, KvError};
+use slipstream_nats::NatsError;
+use slipstream_nats::jetstream::STREAM_NOT_FOUND;
 
 /// What can go wrong in a projection of a plain JetStream stream.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +118,44 @@ impl StreamError {
     }
 }
 
+impl StreamError {
+    /// A JetStream failure about `stream`, the server's "stream not found"
+    /// as [`StreamError::StreamNotFound`].
+    pub(crate) fn about_stream(stream: &str, err: NatsError) -> Self {
+        if err.err_code() == Some(STREAM_NOT_FOUND) {
+            Self::StreamNotFound(stream.to_owned())
+        } else {
+            err.into()
+        }
+    }
+}
+
+impl From<NatsError> for StreamError {
+    /// The shared JetStream plumbing fails only with `Timeout`, `Api` and
+    /// `Request`; anything else the backend reports is a failed request.
+    fn from(err: NatsError) -> Self {
+        match err {
+            NatsError::Timeout { operation, after } => Self::Timeout { operation, after },
+            NatsError::Api {
+                operation,
+                code,
+                err_code,
+                description,
+            } => Self::Api {
+                operation,
+                code,
+                err_code,
+                description,
+            },
+            NatsError::Request { operation, reason } => Self::Request { operation, reason },
+            other => Self::Request {
+                operation: "JetStream request".to_owned(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
 impl From<AppliedError> for StreamError {
     /// An engine that stopped because the stream's retention passed its
     /// cursor (at resume or while tailing), with repairs off or with the
@@ -210,6 +250,27 @@ mod tests {
         assert!(matches!(
             StreamError::from(cursorless),
             StreamError::Engine(_)
+        ));
+    }
+
+    #[test]
+    fn a_missing_stream_is_named_and_other_refusals_stay_api_errors() {
+        let refusal = |err_code| NatsError::Api {
+            operation: "stream info".into(),
+            code: 404,
+            err_code,
+            description: "x".into(),
+        };
+        assert!(matches!(
+            StreamError::about_stream("orders", refusal(STREAM_NOT_FOUND)),
+            StreamError::StreamNotFound(s) if s == "orders"
+        ));
+        assert!(matches!(
+            StreamError::about_stream("orders", refusal(10_014)),
+            StreamError::Api {
+                err_code: 10_014,
+                ..
+            }
         ));
     }
 

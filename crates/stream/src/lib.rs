@@ -56,8 +56,6 @@
 //! `async_nats::Client` and the stream's name, and hand it to
 //! `slipstream_applied::AppliedWatch::new` like any KV watcher.
 
-mod api;
-mod consumer;
 mod ensure;
 mod error;
 mod message;

@@ -10,12 +10,13 @@ use slipstream_kv::{
     BucketIdentity, KvError, KvWatcher, Retention, WatchEvent, WatchScope, WatchStart,
 };
 use slipstream_nats::BackendSettings;
+use slipstream_nats::jetstream::{
+    Cleanup, ConsumerRequest, JetStreamClient, PushConsumer, StartPolicy, StreamFacts, stream_facts,
+};
 use slipstream_protocol::{StreamStart, cursor_beyond_log, resume_window_ok, stream_start};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::api::{StreamFacts, stream_facts};
-use crate::consumer::{PushConsumer, Start};
 use crate::error::StreamError;
 use crate::message::KeyMapping;
 use crate::tail::Tail;
@@ -25,6 +26,10 @@ use crate::tail::Tail;
 const BUFFER: usize = 256;
 
 type Item = Result<WatchEvent, KvError>;
+
+/// A projection's consumer: on the caller's client, each round-trip
+/// bounded by the settings' `request_timeout`.
+pub(crate) type Consumer = PushConsumer<JetStreamClient>;
 
 /// A plain JetStream stream as a source of updates for the applied engine
 /// (P2).
@@ -108,7 +113,26 @@ impl StreamSource {
     }
 
     async fn facts(&self) -> Result<StreamFacts, StreamError> {
-        stream_facts(&self.client, self.settings.request_timeout, &self.stream).await
+        stream_facts(&self.client, self.settings.request_timeout, &self.stream)
+            .await
+            .map_err(|e| StreamError::about_stream(&self.stream, e))
+    }
+
+    /// Create a consumer over the whole stream from `start`. A failed
+    /// delete is logged and left to the inactivity threshold
+    /// ([`Cleanup::Once`]).
+    async fn consumer(&self, start: StartPolicy) -> Result<Consumer, StreamError> {
+        let handle = JetStreamClient::new(self.client.clone(), self.settings.request_timeout);
+        let request = ConsumerRequest {
+            stream: &self.stream,
+            filters: &[],
+            start,
+            headers_only: false,
+            heartbeat: self.settings.idle_heartbeat,
+            inactive_threshold: self.settings.inactive_threshold,
+            cleanup: Cleanup::Once,
+        };
+        Ok(PushConsumer::create(&handle, &request).await?)
     }
 
     async fn open(
@@ -118,8 +142,8 @@ impl StreamSource {
         scope: WatchScope,
     ) -> Result<StreamWatch, StreamError> {
         let start = match stream_start(since).ok_or(StreamError::NoNextSequence)? {
-            StreamStart::All => Start::All,
-            StreamStart::ByStart(seq) => Start::At(seq),
+            StreamStart::All => StartPolicy::All,
+            StreamStart::ByStart(seq) => StartPolicy::ByStartSequence(seq),
         };
         let before = self.facts().await?;
         let identity = match identity {
@@ -129,8 +153,7 @@ impl StreamSource {
         if let Some(n) = since {
             check_resume(&identity, n, &before)?;
         }
-        let consumer =
-            PushConsumer::create(&self.client, &self.settings, &self.stream, start).await?;
+        let consumer = self.consumer(start).await?;
         if let Some(n) = since {
             // The server clamps a start below its floor silently: eviction
             // between the first check and the creation must be caught here.
@@ -160,16 +183,13 @@ impl StreamSource {
         &self,
         identity: &BucketIdentity,
         frontier: Option<u64>,
-    ) -> Result<PushConsumer, StreamError> {
+    ) -> Result<Consumer, StreamError> {
         let Some(n) = frontier else {
-            return PushConsumer::create(&self.client, &self.settings, &self.stream, Start::All)
-                .await;
+            return self.consumer(StartPolicy::All).await;
         };
         let start = n.checked_add(1).ok_or(StreamError::NoNextSequence)?;
         check_resume(identity, n, &self.facts().await?)?;
-        let consumer =
-            PushConsumer::create(&self.client, &self.settings, &self.stream, Start::At(start))
-                .await?;
+        let consumer = self.consumer(StartPolicy::ByStartSequence(start)).await?;
         match self.facts().await {
             Ok(after) => match check_resume(identity, n, &after) {
                 Ok(()) => Ok(consumer),
@@ -298,13 +318,17 @@ mod tests {
         StreamFacts {
             first_sequence: first,
             last_sequence: last,
+            bytes: 0,
+            consumer_count: 0,
             identity: BucketIdentity {
                 stream: "orders".into(),
                 created: Timestamp::from_unix_nanos(created),
             },
             observed_at: Timestamp::from_unix_nanos(0),
             max_age: None,
-            limited_discard_old: true,
+            max_msgs: 10,
+            max_bytes: -1,
+            discard_old: true,
             allow_msg_ttl: false,
         }
     }

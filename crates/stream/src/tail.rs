@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use async_nats::Message;
 use slipstream_kv::{BucketIdentity, ExpiryReason, KvError, Timestamp, WatchEvent, WatchScope};
+use slipstream_nats::jetstream::{Delivery, RecreateFailed, recreate_within};
 use slipstream_nats::parse_ack_subject;
 use slipstream_protocol::{FloorVerdict, floor_verdict, gap_needs_floor_check};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::consumer::{Delivery, PushConsumer};
 use crate::error::StreamError;
 use crate::message::MessageView;
-use crate::source::StreamSource;
+use crate::source::{Consumer, StreamSource};
 
 type Item = Result<WatchEvent, KvError>;
 
@@ -62,13 +62,13 @@ impl Tail {
         }
     }
 
-    pub(crate) async fn run(mut self, mut consumer: PushConsumer) {
+    pub(crate) async fn run(mut self, mut consumer: Consumer) {
         let settings = self.source.client_settings().clone();
         let probe_every = settings.floor_probe_interval.max(Duration::from_millis(10));
         let mut probe = tokio::time::interval_at(Instant::now() + probe_every, probe_every);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stall_after = settings.idle_heartbeat.saturating_mul(3);
-        if !self.arm_catch_up(consumer.initial_pending).await {
+        if !self.arm_catch_up(consumer.initial_pending()).await {
             consumer.delete().await;
             return;
         }
@@ -83,19 +83,24 @@ impl Tail {
                 Step::Stop => Flow::Stop,
                 Step::Probe => self.probe().await,
                 Step::Got(Delivery::Data(msg)) => self.on_message(msg).await,
-                Step::Got(Delivery::Reply(subject)) => match consumer.reply(subject).await {
+                Step::Got(
+                    Delivery::FlowControl(subject)
+                    | Delivery::Heartbeat {
+                        stalled: Some(subject),
+                        ..
+                    },
+                ) => match consumer.reply_flow_control(subject).await {
                     Ok(()) => Flow::Continue,
                     Err(e) => Flow::Recreate(e.to_string()),
                 },
-                Step::Got(Delivery::Heartbeat(Some(last)))
-                    if last.saturating_add(1) != self.expected_cseq =>
-                {
-                    Flow::Recreate(format!(
-                        "heartbeat reports consumer sequence {last}, next expected {}",
-                        self.expected_cseq
-                    ))
-                }
-                Step::Got(Delivery::Heartbeat(_)) => Flow::Continue,
+                Step::Got(Delivery::Heartbeat {
+                    last_consumer_sequence: Some(last),
+                    ..
+                }) if last.saturating_add(1) != self.expected_cseq => Flow::Recreate(format!(
+                    "heartbeat reports consumer sequence {last}, next expected {}",
+                    self.expected_cseq
+                )),
+                Step::Got(Delivery::Heartbeat { .. }) => Flow::Continue,
                 Step::Got(Delivery::Ended(reason)) => Flow::Recreate(reason),
                 Step::Got(Delivery::Idle) => {
                     Flow::Recreate(format!("no delivery or heartbeat for {stall_after:?}"))
@@ -111,7 +116,7 @@ impl Tail {
                     match self.recreate(settings.reconnect_budget).await {
                         Ok(next) => {
                             consumer = next;
-                            if !self.arm_catch_up(consumer.initial_pending).await {
+                            if !self.arm_catch_up(consumer.initial_pending()).await {
                                 break;
                             }
                         }
@@ -234,30 +239,27 @@ impl Tail {
 
     /// Re-create the consumer after the frontier, retrying transient
     /// failures within `budget`.
-    async fn recreate(&mut self, budget: Duration) -> Result<PushConsumer, KvError> {
-        let give_up = Instant::now() + budget;
-        let mut backoff = Duration::from_millis(100);
+    async fn recreate(&self, budget: Duration) -> Result<Consumer, KvError> {
         let since = self.frontier.unwrap_or(0);
-        loop {
-            match self.source.reopen(&self.identity, self.frontier).await {
-                Ok(consumer) => return Ok(consumer),
-                Err(
-                    e @ (StreamError::RetentionExhausted { .. }
+        let attempt = || self.source.reopen(&self.identity, self.frontier);
+        let fatal = |e: &StreamError| {
+            matches!(
+                e,
+                StreamError::RetentionExhausted { .. }
                     | StreamError::BeyondLastSequence { .. }
                     | StreamError::IdentityChanged { .. }
-                    | StreamError::NoNextSequence),
-                ) => return Err(e.into_kv(since)),
-                Err(e) if Instant::now() + backoff >= give_up => {
-                    return Err(KvError::Watch(format!(
-                        "could not re-create the projection consumer within {budget:?}: {e}"
-                    )));
-                }
-                Err(e) => {
-                    debug!(error = %e, ?backoff, "re-creating the projection consumer failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
+                    | StreamError::NoNextSequence
+            )
+        };
+        let on_retry = |e: &StreamError, backoff: Duration| {
+            debug!(error = %e, ?backoff, "re-creating the projection consumer failed; retrying");
+        };
+        match recreate_within(budget, attempt, fatal, on_retry).await {
+            Ok(consumer) => Ok(consumer),
+            Err(RecreateFailed::Fatal(e)) => Err(e.into_kv(since)),
+            Err(RecreateFailed::OutOfBudget(e)) => Err(KvError::Watch(format!(
+                "could not re-create the projection consumer within {budget:?}: {e}"
+            ))),
         }
     }
 }

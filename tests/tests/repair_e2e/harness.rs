@@ -526,9 +526,20 @@ pub(crate) fn start_node<S: SnapshotStore>(
     app: &App,
     tune: impl FnOnce(AppliedConfig<S>) -> AppliedConfig<S>,
 ) -> Node<S> {
+    start_scoped_node(live, store, app, WatchScope::All, tune)
+}
+
+/// Start a node watching `scope` on `store`, folding into `app`.
+pub(crate) fn start_scoped_node<S: SnapshotStore>(
+    live: &Live,
+    store: S,
+    app: &App,
+    scope: WatchScope,
+    tune: impl FnOnce(AppliedConfig<S>) -> AppliedConfig<S>,
+) -> Node<S> {
     let token = CancellationToken::new();
     let config = tune(
-        AppliedConfig::new(WatchScope::All)
+        AppliedConfig::new(scope)
             .store(store)
             .shutdown(token.clone())
             .scratch(live.scratch()),

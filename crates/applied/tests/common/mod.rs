@@ -1,9 +1,16 @@
 //! Test helpers: a fault-injecting store wrapper, a scripted watcher, and an
-//! application that records what the engine hands it.
+//! application that records what the engine hands it. Its modules: a node
+//! over the simulator (`node`), the gaps the repair and restore tests open
+//! (`gaps`), watchers wrapping a simulated bucket (`watchers`), restore
+//! sources (`sources`), and a fault wrapper over any store (`faulty`).
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod faulty;
+pub mod gaps;
+pub mod node;
+pub mod sources;
+pub mod watchers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::faulty::{CommitLog, FaultyOptions, open_faulty};
 use crate::common::{App, DEADLINE, FaultPlan};
+use crate::repair_node::settled;
 use crate::repair_oracle::{Incarnation, Log};
-use crate::repair_sim::{BUCKET, Backend, KEYS, Kind, MINUTE, Node, World, bucket, settled};
+use crate::repair_sim::{BUCKET, Backend, KEYS, Kind, MINUTE, Node, World, bucket};
 
 impl<B: Backend> World<B> {
     pub(crate) async fn write(&mut self) {
