@@ -22,7 +22,7 @@ const TARGETS: &[Target] = &[
     Target {
         package: "slipstream-snapshot",
         bench: "stores",
-        features: &["testkit"],
+        features: &["bench"],
         needs_server: false,
     },
     Target {

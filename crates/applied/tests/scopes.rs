@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::node::{
-    Fold, bucket, bucket_with, export_from, in_scope, out_of_scope, put, run_to, run_to_error,
-    start_scoped, synced_scoped, truth,
+    Fold, bucket, bucket_with, export_from, in_scope, out_of_scope, plain, put, run_to,
+    run_to_error, start_scoped, synced_scoped, truth,
 };
 use common::{App, fold_of};
 use slipstream_applied::{AppliedError, LocalArtifacts, OnExpiry, RepairMode};
@@ -268,4 +268,79 @@ async fn a_prefix_node_that_stops_on_expiry_reports_the_floor_it_lost() {
         other => panic!("expected an expired cursor, got {other:?}"),
     }
     assert_eq!(fold_of(&store), before);
+}
+
+/// A node watching `a.` and `b.` folds the bucket at 2 (`a.1`, `b.1`; `c.1`
+/// at 3 is outside its scope) and goes down. `offline` writes while it is
+/// down; the last is the delete of `b.1`. Returns the store, the fold
+/// before and the bucket's last revision.
+async fn offline_under_two_prefixes(
+    kv: &MemoryStore,
+    dir: &std::path::Path,
+    scope: &WatchScope,
+    offline: &[&str],
+) -> (common::FaultStore, Fold, u64) {
+    put(kv, "a.1", "v1").await; // 1
+    put(kv, "b.1", "v1").await; // 2
+    put(kv, "c.1", "v1").await; // 3
+    let store = synced_scoped(kv, dir, &App::new(), scope.clone(), 2).await;
+    let before = fold_of(&store);
+    for key in offline {
+        put(kv, key, "v2").await;
+    }
+    kv.writer().delete("b.1").await.unwrap();
+    let last = kv.retention().await.unwrap().last_revision;
+    (store, before, last)
+}
+
+fn a_and_b() -> WatchScope {
+    WatchScope::Prefixes(vec!["a.".into(), "b.".into()])
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_multi_prefix_node_resumes_from_its_cursor_with_only_its_delta() {
+    let (_server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let scope = a_and_b();
+    // 4..=7; nothing is superseded below the resume point (3).
+    let offline = ["c.2", "a.1", "b.2", "c.3"];
+    let (store, before, last) = offline_under_two_prefixes(&kv, dir.path(), &scope, &offline).await;
+    assert_eq!(last, 8);
+
+    let app = App::new();
+    let run = start_scoped(kv.watcher(), store, &app, scope.clone(), plain());
+    let store = run_to(run, last).await;
+    assert_eq!(
+        app.seen().parsed,
+        [Some(5), Some(6), Some(8)],
+        "the delta in scope after the cursor, nothing else"
+    );
+    let fold = fold_of(&store);
+    assert_eq!(in_scope(&fold, &scope), in_scope(&truth(&kv).await, &scope));
+    assert!(!fold.contains_key("b.1"));
+    assert_eq!(out_of_scope(&fold, &scope), out_of_scope(&before, &scope));
+}
+
+/// K1 cannot tell which scope a removed message was in: a rewrite of `c.1`
+/// (history 1) outside the scope removes the message right after the
+/// cursor, and the resume is refused. The repair lists the scope only.
+#[tokio::test(start_paused = true)]
+async fn a_multi_prefix_node_passed_by_a_rewrite_outside_its_scope_repairs_only_in_scope() {
+    let (_server, kv) = bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let scope = a_and_b();
+    let offline = ["c.1", "a.1", "b.2", "c.2"];
+    let (store, before, last) = offline_under_two_prefixes(&kv, dir.path(), &scope, &offline).await;
+
+    let app = App::new();
+    let run = start_scoped(kv.watcher(), store, &app, scope.clone(), plain());
+    let store = run_to(run, last).await;
+    assert_eq!(
+        app.seen().parsed,
+        [None, Some(5), Some(6), Some(8)],
+        "the relist's delete of `b.1`, then the state-sync of the scope"
+    );
+    let fold = fold_of(&store);
+    assert_eq!(in_scope(&fold, &scope), in_scope(&truth(&kv).await, &scope));
+    assert_eq!(out_of_scope(&fold, &scope), out_of_scope(&before, &scope));
 }

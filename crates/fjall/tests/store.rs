@@ -1,17 +1,53 @@
-//! fjall-specific behaviour beyond the conformance kit: backend markers,
-//! locking, the read handle, fold totals, settle and clean close.
+//! fjall-specific behaviour beyond the conformance kit: the cases the LSM
+//! stores share (backend markers, the read handle, settle and clean close)
+//! from the snapshot testkit, then fold totals at 200 k keys, the journal
+//! left by a clean close and an interrupted database creation.
 
-use std::ops::ControlFlow;
+use std::path::Path;
 
 use bytes::Bytes;
-use slipstream_fjall::{FjallOptions, FjallStore, SettlePolicy};
+use slipstream_fjall::{FjallOptions, FjallReader, FjallStore, SettlePolicy};
 use slipstream_kv::{KvEntry, KvMarker, KvUpdate, VersionToken, WatchCursor};
-use slipstream_snapshot::{
-    AppendLogOptions, AppendLogStore, Durability, MAX_VALUE_LEN, SnapshotError, SnapshotStore,
-};
+use slipstream_snapshot::{Durability, SnapshotStore};
 
 fn options() -> FjallOptions {
     FjallOptions::with_durability(Durability::NoFsync)
+}
+
+fn kit_options(durability: Durability) -> FjallOptions {
+    FjallOptions::with_durability(durability)
+}
+
+/// Settle compacts every time, so the settle case exercises compaction.
+fn settle_options(durability: Durability) -> FjallOptions {
+    FjallOptions {
+        settle: SettlePolicy::AlwaysCompact,
+        ..FjallOptions::with_durability(durability)
+    }
+}
+
+/// A database holding only a backend `marker`, written the way the store
+/// writes its own.
+fn write_marker(dir: &Path, marker: &str) {
+    let db = fjall::Database::builder(dir)
+        .open()
+        .unwrap_or_else(|e| panic!("open fjall at {dir:?}: {e}"));
+    let meta = db
+        .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+        .unwrap_or_else(|e| panic!("meta keyspace: {e}"));
+    meta.insert("backend", marker)
+        .unwrap_or_else(|e| panic!("write marker {marker:?}: {e}"));
+    db.persist(fjall::PersistMode::SyncAll)
+        .unwrap_or_else(|e| panic!("persist: {e}"));
+}
+
+slipstream_snapshot::lsm_store_conformance! {
+    store: FjallStore,
+    options: kit_options,
+    write_marker: write_marker,
+    reader: FjallReader = FjallStore::reader,
+    settle: FjallStore::settle,
+    settle_options: settle_options,
 }
 
 fn put(key: &str, value: &'static [u8], rev: u64) -> KvUpdate {
@@ -30,157 +66,6 @@ fn delete(key: &str, rev: u64) -> KvUpdate {
         version: VersionToken::from_u64(rev),
         created: None,
     })
-}
-
-#[test]
-fn opening_an_append_log_directory_is_wrong_backend_and_writes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (_, store) = AppendLogStore::open(tmp.path(), &AppendLogOptions::default()).unwrap();
-    store.close().unwrap();
-    let before: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-
-    let err = FjallStore::open(tmp.path(), &options()).unwrap_err();
-    assert!(
-        matches!(&err, SnapshotError::WrongBackend { found, .. } if found == "append-log"),
-        "{err}"
-    );
-    let after: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(before, after);
-}
-
-#[test]
-fn foreign_marker_is_wrong_backend_and_newer_generation_is_unsupported() {
-    for (marker, want_unsupported) in [("rocksdb/1", false), ("fjall/9", true)] {
-        let tmp = tempfile::tempdir().unwrap();
-        {
-            let db = fjall::Database::builder(tmp.path()).open().unwrap();
-            let meta = db
-                .keyspace("meta", fjall::KeyspaceCreateOptions::default)
-                .unwrap();
-            meta.insert("backend", marker).unwrap();
-            db.persist(fjall::PersistMode::SyncAll).unwrap();
-        }
-        let err = FjallStore::open(tmp.path(), &options()).unwrap_err();
-        if want_unsupported {
-            assert!(
-                matches!(
-                    err,
-                    SnapshotError::UnsupportedFormat {
-                        found: 9,
-                        supported: 1,
-                        ..
-                    }
-                ),
-                "{err}"
-            );
-        } else {
-            assert!(
-                matches!(&err, SnapshotError::WrongBackend { found, .. } if found == marker),
-                "{err}"
-            );
-        }
-    }
-}
-
-#[test]
-fn second_open_of_a_held_store_is_locked() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (_, _held) = FjallStore::open(tmp.path(), &options()).unwrap();
-    let err = FjallStore::open(tmp.path(), &options()).unwrap_err();
-    assert!(matches!(err, SnapshotError::Locked { .. }), "{err}");
-}
-
-#[test]
-fn read_handle_on_another_thread_sees_each_commit() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (_, mut store) = FjallStore::open(tmp.path(), &options()).unwrap();
-    let reader = store.reader();
-    store
-        .apply(&[put("a.1", b"x", 1)], &WatchCursor::at(1))
-        .unwrap();
-    let seen = {
-        let reader = reader.clone();
-        std::thread::spawn(move || (reader.get("a.1").unwrap(), reader.cursor().unwrap()))
-            .join()
-            .unwrap()
-    };
-    assert_eq!(seen.0.map(|e| e.value), Some(Bytes::from_static(b"x")));
-    assert_eq!(seen.1, WatchCursor::at(1));
-
-    store
-        .apply(
-            &[put("a.2", b"y", 2), delete("a.1", 3)],
-            &WatchCursor::at(3),
-        )
-        .unwrap();
-    let keys: Vec<String> = reader
-        .range("a.")
-        .unwrap()
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    assert_eq!(keys, ["a.2"]);
-    let mut first = None;
-    let finished = reader
-        .for_each_in_range("", &mut |k, _| {
-            first = Some(k.to_owned());
-            ControlFlow::Break(())
-        })
-        .unwrap();
-    assert!(!finished);
-    assert_eq!(first.as_deref(), Some("a.2"));
-}
-
-#[test]
-fn totals_follow_overwrites_deletes_and_duplicates_within_a_batch_across_reopen() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (_, mut store) = FjallStore::open(tmp.path(), &options()).unwrap();
-    store
-        .apply(
-            &[
-                put("k1", b"aaaa", 1),
-                put("k1", b"bb", 2),
-                put("k2", b"c", 3),
-                delete("nope", 4),
-            ],
-            &WatchCursor::at(4),
-        )
-        .unwrap();
-    // Live bytes of an entry: key + 8-byte version + value.
-    let expect = |entries: &[(&str, usize)]| -> u64 {
-        entries.iter().map(|(k, v)| (k.len() + 8 + v) as u64).sum()
-    };
-    assert_eq!(store.len(), 2);
-    assert_eq!(store.stats().live_bytes, expect(&[("k1", 2), ("k2", 1)]));
-    store
-        .apply(
-            &[delete("k1", 5), put("k1", b"dddddd", 6), delete("k2", 7)],
-            &WatchCursor::at(7),
-        )
-        .unwrap();
-    assert_eq!(store.len(), 1);
-    assert_eq!(store.stats().live_bytes, expect(&[("k1", 6)]));
-    drop(store);
-
-    let (cursor, mut store) = FjallStore::open(tmp.path(), &options()).unwrap();
-    assert_eq!(cursor, WatchCursor::at(7));
-    assert_eq!(store.len(), 1);
-    assert_eq!(store.stats().live_bytes, expect(&[("k1", 6)]));
-    // Keys written before the reopen still count when rewritten.
-    store
-        .apply(
-            &[put("k1", b"e", 8), put("k3", b"ff", 9)],
-            &WatchCursor::at(9),
-        )
-        .unwrap();
-    assert_eq!(store.len(), 2);
-    assert_eq!(store.stats().live_bytes, expect(&[("k1", 1), ("k3", 2)]));
 }
 
 /// Totals stay exact when a store filled batch by batch rewrites and
@@ -228,54 +113,6 @@ fn totals_stay_exact_when_a_filled_store_rewrites_and_deletes_its_keys() {
     let survivors = || (0..n).filter_map(|i| expected(i).map(|len| (i, len)));
     assert_eq!(store.len(), survivors().count() as u64);
     assert_eq!(store.stats().live_bytes, live(&mut survivors()));
-}
-
-#[test]
-fn oversized_value_is_invalid_and_commits_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (_, mut store) = FjallStore::open(tmp.path(), &options()).unwrap();
-    let big = KvUpdate::Put(KvEntry {
-        key: "big".into(),
-        value: Bytes::from(vec![0; MAX_VALUE_LEN + 1]),
-        version: VersionToken::from_u64(2),
-        created: None,
-        expires: None,
-    });
-    let err = store
-        .apply(&[put("small", b"s", 1), big], &WatchCursor::at(2))
-        .unwrap_err();
-    assert!(
-        matches!(err, SnapshotError::InvalidUpdate { ref key, .. } if key == "big"),
-        "{err}"
-    );
-    assert_eq!(store.cursor(), &WatchCursor::none());
-    assert!(store.get("small").unwrap().is_none());
-}
-
-#[test]
-fn settle_then_clean_close_reopens_to_the_same_fold_and_cursor() {
-    let tmp = tempfile::tempdir().unwrap();
-    let opts = FjallOptions {
-        settle: SettlePolicy::AlwaysCompact,
-        ..options()
-    };
-    let (_, mut store) = FjallStore::open(tmp.path(), &opts).unwrap();
-    for round in 0..5u64 {
-        let batch: Vec<_> = (0..200u64)
-            .map(|i| put(&format!("key.{i:04}"), b"value", round * 200 + i + 1))
-            .collect();
-        store
-            .apply(&batch, &WatchCursor::at((round + 1) * 200))
-            .unwrap();
-    }
-    store.settle().unwrap();
-    let before = slipstream_snapshot::testkit::dump(&store);
-    store.close().unwrap();
-
-    let (cursor, store) = FjallStore::open(tmp.path(), &opts).unwrap();
-    assert_eq!(cursor, WatchCursor::at(1000));
-    assert_eq!(slipstream_snapshot::testkit::dump(&store), before);
-    assert_eq!(store.len(), 200);
 }
 
 /// Bytes the journal files hold (fjall preallocates them sparsely).

@@ -16,11 +16,11 @@ use crate::artifact::{Handover, import, import_open, import_open_with};
 use crate::error::SnapshotError;
 use crate::store::{Durability, SnapshotStore, StoredEntry};
 
-fn open<S: SnapshotStore>(dir: &Path, options: OptionsFor<S>) -> (WatchCursor, S) {
+pub(super) fn open<S: SnapshotStore>(dir: &Path, options: OptionsFor<S>) -> (WatchCursor, S) {
     S::open(dir, &options(Durability::NoFsync)).unwrap_or_else(|e| panic!("open {dir:?}: {e}"))
 }
 
-fn put(key: &str, value: &[u8], rev: u64) -> KvUpdate {
+pub(super) fn put(key: &str, value: &[u8], rev: u64) -> KvUpdate {
     KvUpdate::Put(KvEntry {
         key: key.into(),
         value: Bytes::copy_from_slice(value),
@@ -30,7 +30,7 @@ fn put(key: &str, value: &[u8], rev: u64) -> KvUpdate {
     })
 }
 
-fn entry(value: &[u8], rev: u64) -> StoredEntry {
+pub(super) fn entry(value: &[u8], rev: u64) -> StoredEntry {
     StoredEntry {
         value: Bytes::copy_from_slice(value),
         version: VersionToken::from_u64(rev),
@@ -38,11 +38,11 @@ fn entry(value: &[u8], rev: u64) -> StoredEntry {
     }
 }
 
-fn temp() -> tempfile::TempDir {
+pub(super) fn temp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
 }
 
-fn apply<S: SnapshotStore>(store: &mut S, batch: &[KvUpdate], cursor: &WatchCursor) {
+pub(super) fn apply<S: SnapshotStore>(store: &mut S, batch: &[KvUpdate], cursor: &WatchCursor) {
     store
         .apply(batch, cursor)
         .unwrap_or_else(|e| panic!("apply up to {cursor:?}: {e}"));

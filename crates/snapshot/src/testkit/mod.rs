@@ -1,12 +1,17 @@
 //! The store conformance kit (S7): test cases generic over any
 //! [`SnapshotStore`], a kill -9 crash harness, and
 //! [`snapshot_store_conformance!`](crate::snapshot_store_conformance) to
-//! instantiate all of it for a backend.
+//! instantiate all of it for a backend; the cases the LSM stores share on
+//! top, instantiated by [`lsm_store_conformance!`](crate::lsm_store_conformance);
+//! and, with feature `bench`, the store benchmarks (module `bench`).
 //!
 //! Every case takes `options: fn(Durability) -> S::Options`, so a backend
 //! chooses its tuning (e.g. a small compaction threshold so the crash test
 //! also kills compactions).
 
+mod backends;
+#[cfg(feature = "bench")]
+pub mod bench;
 mod cases;
 mod crash;
 mod hostile;
@@ -17,6 +22,15 @@ use std::ops::ControlFlow;
 
 use crate::store::{Durability, SnapshotStore, StoredEntry};
 
+pub use backends::{
+    MarkerWriter, ReadHandle, Settle,
+    foreign_marker_is_wrong_backend_and_newer_generation_is_unsupported,
+    opening_an_append_log_directory_is_wrong_backend_and_writes_nothing,
+    oversized_value_is_invalid_and_commits_nothing, read_handle_on_another_thread_sees_each_commit,
+    second_open_of_a_held_store_is_locked,
+    settle_then_clean_close_reopens_to_the_same_fold_and_cursor,
+    totals_follow_overwrites_deletes_and_duplicates_within_a_batch_across_reopen,
+};
 pub use cases::{
     apply_commits_data_and_cursor_together, deletes_and_purges_remove_keys,
     empty_and_large_values_round_trip, export_refuses_a_non_empty_destination,
@@ -27,6 +41,10 @@ pub use cases::{
 pub use crash::{CRASH_KILLS_ENV, kill_nine_recovers_a_committed_prefix};
 pub use hostile::{HostileCase, import_rejects_hostile_artifact};
 pub use log::{replay, update_at, updates};
+
+// For the macros, so a caller need not name slipstream-kv itself.
+#[doc(hidden)]
+pub use slipstream_kv as __kv;
 
 /// How a kit case builds the backend's options for a durability mode.
 pub type OptionsFor<S> = fn(Durability) -> <S as SnapshotStore>::Options;
@@ -65,6 +83,9 @@ macro_rules! snapshot_store_conformance {
             empty_and_large_values_round_trip,
             export_then_import_gives_identical_fold_and_cursor,
             export_refuses_a_non_empty_destination,
+            second_open_of_a_held_store_is_locked,
+            totals_follow_overwrites_deletes_and_duplicates_within_a_batch_across_reopen,
+            oversized_value_is_invalid_and_commits_nothing,
         );
         $crate::snapshot_store_conformance!(@hostile $store, $options,
             import_rejects_tampered_file => TamperedFile,
@@ -115,5 +136,85 @@ macro_rules! snapshot_store_conformance {
                 );
             }
         )*
+    };
+}
+
+/// Instantiate the cases the LSM stores share, beyond
+/// [`snapshot_store_conformance!`](crate::snapshot_store_conformance), as
+/// `#[test]`s in the calling module. The backend-specific parts come in as
+/// functions:
+///
+/// ```text
+/// slipstream_snapshot::lsm_store_conformance! {
+///     store: FjallStore,
+///     options: options,               // fn(Durability) -> FjallOptions
+///     write_marker: write_marker,     // fn(&Path, &str), raw engine API
+///     reader: FjallReader = FjallStore::reader,
+///     settle: FjallStore::settle,     // fn(&mut FjallStore) -> Result<(), _>
+///     settle_options: settle_options, // options for the settle case
+/// }
+/// ```
+///
+/// The reader type must have the methods of
+/// [`ReadHandle`](crate::testkit::ReadHandle) inherently and be `Clone +
+/// Send`; the macro wraps it in a local type implementing the trait.
+#[macro_export]
+macro_rules! lsm_store_conformance {
+    (
+        store: $store:ty,
+        options: $options:expr,
+        write_marker: $write_marker:expr,
+        reader: $reader:ty = $make_reader:expr,
+        settle: $settle:expr,
+        settle_options: $settle_options:expr $(,)?
+    ) => {
+        #[test]
+        fn opening_an_append_log_directory_is_wrong_backend_and_writes_nothing() {
+            $crate::testkit::opening_an_append_log_directory_is_wrong_backend_and_writes_nothing::<
+                $store,
+            >($options);
+        }
+        #[test]
+        fn foreign_marker_is_wrong_backend_and_newer_generation_is_unsupported() {
+            $crate::testkit::foreign_marker_is_wrong_backend_and_newer_generation_is_unsupported::<
+                $store,
+            >($options, $write_marker);
+        }
+        #[test]
+        fn read_handle_on_another_thread_sees_each_commit() {
+            // Local, so the trait can be implemented for the backend's type.
+            #[derive(Clone)]
+            struct Reader($reader);
+            type Fallible<T> = ::core::result::Result<T, $crate::SnapshotError>;
+            impl $crate::testkit::ReadHandle for Reader {
+                fn get(&self, key: &str) -> Fallible<Option<$crate::StoredEntry>> {
+                    self.0.get(key)
+                }
+                fn range(&self, prefix: &str) -> Fallible<Vec<(String, $crate::StoredEntry)>> {
+                    self.0.range(prefix)
+                }
+                fn for_each_in_range(
+                    &self,
+                    prefix: &str,
+                    f: &mut dyn FnMut(&str, $crate::EntryRef<'_>) -> ::core::ops::ControlFlow<()>,
+                ) -> Fallible<bool> {
+                    self.0.for_each_in_range(prefix, f)
+                }
+                fn cursor(&self) -> Fallible<$crate::testkit::__kv::WatchCursor> {
+                    self.0.cursor()
+                }
+            }
+            $crate::testkit::read_handle_on_another_thread_sees_each_commit::<$store, Reader>(
+                $options,
+                |store| Reader(($make_reader)(store)),
+            );
+        }
+        #[test]
+        fn settle_then_clean_close_reopens_to_the_same_fold_and_cursor() {
+            $crate::testkit::settle_then_clean_close_reopens_to_the_same_fold_and_cursor::<$store>(
+                $settle_options,
+                $settle,
+            );
+        }
     };
 }
