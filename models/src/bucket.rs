@@ -1,6 +1,7 @@
 //! A tiny JetStream KV bucket shared by the models: one global sequence,
 //! per-key history of one message, delete and purge markers, head eviction
-//! (age or limits), marker compaction and bucket recreation.
+//! (age or limits), an operator's purge of the head, marker compaction and
+//! bucket recreation.
 //!
 //! The log keeps every message ever written with how it was lost, so the
 //! models can compute the bucket's truth (every write minus every real
@@ -41,6 +42,8 @@ pub(crate) enum Kept {
     HeadEvicted,
     /// A delete or purge marker removed by marker compaction.
     Compacted,
+    /// Removed from the head by an operator's stream purge.
+    Purged,
 }
 
 /// One message of the log; its sequence is its index + 1.
@@ -176,6 +179,18 @@ impl Bucket {
         changed
     }
 
+    /// Purges the head message, current value or not (an operator's
+    /// stream purge up to a sequence). False when nothing is retained.
+    pub(crate) fn purge_head(&mut self) -> bool {
+        match self.log.iter_mut().find(|m| m.kept == Kept::Retained) {
+            Some(m) => {
+                m.kept = Kept::Purged;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes delete and purge markers from the head only, while the head
     /// is a marker: the first sequence moves past every marker removed.
     pub(crate) fn compact_head_markers(&mut self) -> bool {
@@ -228,6 +243,17 @@ impl Bucket {
             .find(|(_, m)| m.kept == Kept::Retained && (m.key as usize) < scope)
     }
 
+    /// The key's retained message, what a listing delivers for it (the
+    /// history of one keeps at most one).
+    pub(crate) fn latest_retained(&self, key: u8) -> Option<(u64, Msg)> {
+        self.log
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, m)| m.key == key && m.kept == Kept::Retained)
+            .map(|(i, m)| (i as u64 + 1, *m))
+    }
+
     /// Whether a state-sync listing would show `key` live: its latest
     /// retained message is a put.
     pub(crate) fn listed_live(&self, key: u8) -> bool {
@@ -240,7 +266,7 @@ impl Bucket {
 
     /// The key's current state from the full history: the version of its
     /// last put, or `None` when its last operation is a delete or it was
-    /// never written. Age and limits do not delete; only markers do.
+    /// never written. Age, limits and purges do not delete; only markers do.
     pub(crate) fn truth(&self, key: u8) -> Option<Version> {
         self.log
             .iter()
@@ -248,6 +274,18 @@ impl Bucket {
             .rev()
             .find(|(_, m)| m.key == key)
             .and_then(|(i, m)| m.op.is_put().then_some((i as u64 + 1, self.epoch)))
+    }
+
+    /// Whether the key's value left the bucket: its last message is a put
+    /// that is no longer retained. A fold may keep that value (it saw it)
+    /// or lack it (a repair's listing found it gone), never hold an older
+    /// one (O1).
+    pub(crate) fn value_left(&self, key: u8) -> bool {
+        self.log
+            .iter()
+            .rev()
+            .find(|m| m.key == key)
+            .is_some_and(|m| m.op.is_put() && m.kept != Kept::Retained)
     }
 
     /// The key's latest message if it is still retained and at or below
@@ -302,6 +340,22 @@ mod tests {
         assert_eq!(b.truth(0), None, "the writer asked for the expiry");
         assert!(!b.listed_live(0));
         assert!(!Bucket::new(RETAINING).expire(0));
+    }
+
+    #[test]
+    fn a_purged_head_value_leaves_the_bucket_and_the_first_sequence_moves() {
+        let mut b = Bucket::new(RETAINING);
+        b.write(0, WriteOp::Put);
+        b.write(1, WriteOp::Put);
+        assert!(b.purge_head());
+        assert_eq!(b.first(), 2);
+        assert_eq!(b.truth(0), Some((1, 0)), "a purge is not a delete");
+        assert!(b.value_left(0));
+        assert!(!b.value_left(1));
+        assert_eq!(b.latest_retained(0), None);
+        assert_eq!(b.latest_retained(1).map(|(seq, _)| seq), Some(2));
+        assert!(b.purge_head());
+        assert!(!b.purge_head());
     }
 
     #[test]

@@ -17,6 +17,10 @@
 //! 4. [`RepairOrderModel`]: synthetic deletes strictly before re-list puts
 //!    (R2, with K8 and K14).
 //! 5. [`PointerModel`]: the artifact pointer's CAS and payload pruning (K12).
+//! 6. [`WatchRepairModel`]: the engine's loop around a repair: the next
+//!    watch's start (K16), gaps (K17), the caught-up verdict (K18), a
+//!    relist's unchecked floor (K15), restore only when ahead (K6) and the
+//!    mass-delete guard (K14), with the operator's purges and overrides.
 //!
 //! [`run_all`] checks every configuration and mutation; the
 //! `slipstream-models` binary prints the table (`--deep` for larger bounds).
@@ -48,6 +52,7 @@ mod repair_order;
 mod resume_repair;
 mod run;
 mod suite;
+mod watch_repair;
 
 pub use applied::{
     AppliedAction, AppliedConfig, AppliedModel, AppliedMutation, AppliedState, CommitOutcome,
@@ -71,5 +76,10 @@ pub use resume_repair::{
 pub use run::{Outcome, PropertyKind, PropertyResult, RunKind, RunReport, check, table_header};
 pub use suite::{
     Depth, applied_config, floor_guard_config, pointer_config, repair_order_config,
-    resume_repair_configs, resume_repair_known_gap, run_all,
+    resume_repair_configs, resume_repair_known_gap, run_all, watch_repair_configs,
+    watch_repair_known_gap,
+};
+pub use watch_repair::{
+    Durable, Goal, Memory, NodePhase, Prelude, Snapshot, Trace, Watch, WatchAction, WatchMutation,
+    WatchRepairConfig, WatchRepairModel, WatchState,
 };

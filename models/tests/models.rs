@@ -5,9 +5,10 @@
 use slipstream_models::{
     AppliedModel, AppliedMutation, Depth, FloorGuardModel, FloorMutation, Outcome, PointerModel,
     PointerMutation, PropertyKind, RepairOrderModel, RepairOrderMutation, ResumeMutation,
-    ResumeRepairConfig, ResumeRepairModel, RunKind, RunReport, applied_config, check,
-    floor_guard_config, pointer_config, repair_order_config, resume_repair_configs,
-    resume_repair_known_gap, run_all,
+    ResumeRepairConfig, ResumeRepairModel, RunKind, RunReport, WatchMutation, WatchRepairConfig,
+    WatchRepairModel, applied_config, check, floor_guard_config, pointer_config,
+    repair_order_config, resume_repair_configs, resume_repair_known_gap, run_all,
+    watch_repair_configs, watch_repair_known_gap,
 };
 
 const TINY: Depth = Depth::Tiny;
@@ -147,6 +148,137 @@ fn markers_purged_behind_an_older_value_hide_a_delete_from_k1() {
     assert_caught_by(&outcome, CONVERGED);
 }
 
+fn watch_config(name: &str) -> WatchRepairConfig {
+    watch_repair_configs(TINY)
+        .into_iter()
+        .map(|(config, _)| config)
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no configuration {name}"))
+}
+
+fn watch(name: &str, mutation: Option<WatchMutation>) -> Outcome {
+    let kind = mutation.map_or(RunKind::Baseline, |_| RunKind::Mutation("m"));
+    check(
+        WatchRepairModel {
+            config: watch_config(name),
+            mutation,
+        },
+        kind,
+        1,
+    )
+}
+
+const O1: &str = "caught-up fold equals the bucket (O1)";
+const NO_REPEAT: &str = "a relist is never followed by a repair of an unchanged bucket";
+const REGRESS: &str = "committed cursor never regresses";
+
+#[test]
+fn an_expired_cursors_relist_confirms_its_floor_and_holds_a_mass_delete() {
+    assert_baseline(&watch("relist-expired", None));
+}
+
+#[test]
+fn a_floor_taken_as_held_keeps_a_value_purged_after_the_listing() {
+    let outcome = watch(
+        "relist-expired",
+        Some(WatchMutation::ConfirmFloorAlwaysHeld),
+    );
+    assert_caught_by(&outcome, O1);
+}
+
+#[test]
+fn a_listing_whose_puts_are_all_trusted_floors_above_the_purged_one() {
+    let outcome = watch("relist-expired", Some(WatchMutation::ListedPutsTrusted));
+    assert_caught_by(&outcome, O1);
+}
+
+#[test]
+fn a_delta_after_a_relist_takes_a_superseded_gap_for_a_new_repair() {
+    let outcome = watch(
+        "relist-expired",
+        Some(WatchMutation::NextStartIgnoresRelistMarker),
+    );
+    assert_caught_by(&outcome, NO_REPEAT);
+}
+
+#[test]
+fn a_caught_up_verdict_that_always_watches_never_runs_the_due_repair() {
+    let outcome = watch("relist-expired", Some(WatchMutation::CaughtUpAlwaysWatch));
+    assert_caught_by(&outcome, O1);
+}
+
+#[test]
+fn a_guard_that_never_holds_lets_a_relist_empty_the_fold() {
+    let outcome = watch("relist-expired", Some(WatchMutation::MassDeleteNeverHolds));
+    assert_caught_by(&outcome, "a repair empties the fold only after an override");
+}
+
+#[test]
+fn a_gap_on_a_running_watch_is_repaired_once_the_bucket_is_quiet() {
+    assert_baseline(&watch("relist-gap", None));
+}
+
+#[test]
+fn a_floor_without_the_listings_end_misses_a_delete_written_after_it() {
+    let outcome = watch("relist-gap", Some(WatchMutation::FloorOmitsListingEnd));
+    assert_caught_by(&outcome, O1);
+}
+
+#[test]
+fn a_watch_that_never_checks_gaps_skips_a_purged_value() {
+    let outcome = watch("relist-gap", Some(WatchMutation::NeverCheckGaps));
+    assert_caught_by(&outcome, O1);
+}
+
+#[test]
+fn a_delete_purged_while_the_node_was_down_is_found_at_catch_up() {
+    assert_baseline(&watch("purged-while-down", None));
+}
+
+#[test]
+fn ignoring_a_short_catch_up_keeps_a_delete_purged_while_down() {
+    let outcome = watch(
+        "purged-while-down",
+        Some(WatchMutation::CaughtUpShortIgnored),
+    );
+    assert_caught_by(&outcome, O1);
+}
+
+#[test]
+fn a_restore_for_a_gap_is_refused_an_artifact_behind_the_cursor() {
+    assert_baseline(&watch("restore-behind", None));
+}
+
+#[test]
+fn restoring_an_artifact_behind_the_cursor_moves_the_cursor_back() {
+    let outcome = watch("restore-behind", Some(WatchMutation::RestoreWhenBehind));
+    assert_caught_by(&outcome, REGRESS);
+}
+
+#[test]
+fn a_live_state_sync_on_an_evicting_bucket_checks_the_floor_on_a_gap() {
+    assert_baseline(&watch("evicting-state-sync", None));
+}
+
+#[test]
+fn a_live_state_sync_that_never_checks_gaps_skips_aged_out_values() {
+    let outcome = watch("evicting-state-sync", Some(WatchMutation::NeverCheckGaps));
+    assert_caught_by(&outcome, O1);
+}
+
+#[test]
+fn a_fresh_state_sync_that_crashes_leaves_no_floor_to_find_an_aged_out_value() {
+    let outcome = check(
+        WatchRepairModel {
+            config: watch_repair_known_gap(TINY),
+            mutation: None,
+        },
+        RunKind::KnownGap("fresh state-sync"),
+        1,
+    );
+    assert_caught_by(&outcome, O1);
+}
+
 #[test]
 fn in_band_floor_check_never_skips_evicted_history() {
     let model = FloorGuardModel {
@@ -260,5 +392,5 @@ fn every_tiny_row_passes_and_every_mutation_is_listed() {
         .iter()
         .filter(|r| matches!(r.kind, RunKind::Mutation(_)))
         .count();
-    assert_eq!(mutations, 12, "every mutation runs once");
+    assert_eq!(mutations, 22, "every mutation runs once");
 }

@@ -1,6 +1,8 @@
 //! Every model configuration the binary and `cargo xtask model` run, at the
 //! default or the deep bounds.
 
+mod watch;
+
 use slipstream_protocol::RepairMode;
 
 use crate::applied::{AppliedConfig, AppliedModel, AppliedMutation};
@@ -12,6 +14,9 @@ use crate::resume_repair::{
     Retention, Scope, WriteOps,
 };
 use crate::run::{RunKind, RunReport, check};
+use crate::watch_repair::WatchRepairModel;
+
+pub use watch::{watch_repair_configs, watch_repair_known_gap};
 
 /// How far the models explore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -220,6 +225,34 @@ pub fn run_all(depth: Depth, threads: usize, mut report: impl FnMut(RunReport)) 
     );
     report(RunReport {
         model: "resume-repair",
+        config: config.name,
+        kind,
+        outcome,
+    });
+    for (config, mutations) in watch_repair_configs(depth) {
+        for mutation in std::iter::once(None).chain(mutations.into_iter().map(Some)) {
+            let kind = mutation.map_or(RunKind::Baseline, |m| RunKind::Mutation(m.name()));
+            let outcome = check(WatchRepairModel { config, mutation }, kind, threads);
+            report(RunReport {
+                model: "watch-repair",
+                config: config.name,
+                kind,
+                outcome,
+            });
+        }
+    }
+    let config = watch_repair_known_gap(depth);
+    let kind = RunKind::KnownGap("a fresh node's state-sync leaves no floor");
+    let outcome = check(
+        WatchRepairModel {
+            config,
+            mutation: None,
+        },
+        kind,
+        threads,
+    );
+    report(RunReport {
+        model: "watch-repair",
         config: config.name,
         kind,
         outcome,
