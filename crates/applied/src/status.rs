@@ -1,5 +1,6 @@
 //! The watchable status and the metrics (E9).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
@@ -77,6 +78,9 @@ pub type StatusReceiver = watch::Receiver<WatchStatus>;
 pub(crate) struct Reporter {
     name: String,
     tx: watch::Sender<WatchStatus>,
+    /// The published phase is `Ready`: asked on every delivery, which must
+    /// not take the status channel's lock.
+    ready: AtomicBool,
     applied: Gauge,
     lag: Gauge,
     batch_size: Histogram,
@@ -91,8 +95,10 @@ pub(crate) struct Reporter {
 impl Reporter {
     pub(crate) fn new(name: &str, tx: watch::Sender<WatchStatus>) -> Self {
         let label = [("watch", name.to_owned())];
+        let ready = tx.borrow().is_ready();
         Self {
             name: name.to_owned(),
+            ready: AtomicBool::new(ready),
             tx,
             applied: metrics::gauge!("slipstream_applied_cursor", &label),
             lag: metrics::gauge!("slipstream_applied_lag", &label),
@@ -108,10 +114,11 @@ impl Reporter {
 
     /// Whether the published phase is `Ready`.
     pub(crate) fn is_ready(&self) -> bool {
-        self.tx.borrow().is_ready()
+        self.ready.load(Ordering::Relaxed)
     }
 
     pub(crate) fn phase(&self, phase: Phase) {
+        self.ready.store(phase == Phase::Ready, Ordering::Relaxed);
         self.tx.send_if_modified(|s| {
             let changed = s.phase != phase;
             s.phase = phase;
