@@ -3,7 +3,8 @@
 //! bucket: a multi-prefix node resuming from its cursor gets exactly its
 //! delta; a rewrite outside the scope that removes the message after the
 //! cursor is repaired in scope; a relist and a restore of a prefix, the
-//! floor a prefix lost (K1), and the mass-delete guard (K14) counting only
+//! floor a prefix lost (K1), a relist's floor the head passed before its
+//! state-sync (K15), and the mass-delete guard (K14) counting only
 //! the fold in scope. A repair of a scope never touches a key outside it:
 //! the stores here also hold keys an earlier All-scope node folded.
 
@@ -14,15 +15,25 @@
 #[allow(dead_code)]
 mod harness;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use harness::{
     App, Client, Fold, Live, Op, Watched, finish, fold_of, open_store, plain, put_op, repair,
     repair_delete, run_to, start_scoped_node, synced_store, values,
 };
-use slipstream_applied::{AppliedError, LocalArtifacts, OnExpiry, Phase, RepairMode};
-use slipstream_kv::{ExpiryReason, StoreConfig, WatchScope};
+use slipstream_applied::{
+    AppliedConfig, AppliedError, AppliedWatch, LocalArtifacts, OnExpiry, Phase, RepairMode,
+};
+use slipstream_it::Admin;
+use slipstream_kv::{
+    ExpiryReason, KvError, KvStore, KvWatcher, KvWriter, Retention, StoreConfig, WatchScope,
+    WatchStart,
+};
+use slipstream_nats::{NatsBucket, NatsWatch};
 use slipstream_snapshot::{AppendLogStore, SnapshotStore};
+use tokio_util::sync::CancellationToken;
 
 type Store = AppendLogStore;
 
@@ -318,4 +329,83 @@ async fn a_restore_of_a_prefix_on_an_aging_bucket_takes_only_the_artifacts_keys_
         "`c.y` of the artifact is outside the scope and is not taken"
     );
     assert_eq!(app.fold(), values(&fold), "the application saw the same");
+}
+
+/// Before the second state-sync watch (the one after the relist's listing),
+/// deletes `a.2`, which the listing saw live and the fold holds, rewrites
+/// `a.3`, writes `c.9`, and purges the stream below the rewrite: the
+/// state-sync cannot deliver the delete.
+#[derive(Clone)]
+struct PurgeBeforeStateSync {
+    bucket: NatsBucket,
+    admin: Admin,
+    relists: Arc<AtomicUsize>,
+}
+
+impl KvWatcher for PurgeBeforeStateSync {
+    type WatchStream = NatsWatch;
+
+    async fn watch(&self, scope: &WatchScope, start: WatchStart) -> Result<NatsWatch, KvError> {
+        if start == WatchStart::Relist && self.relists.fetch_add(1, Ordering::SeqCst) == 1 {
+            let writer = self.bucket.writer();
+            writer.delete("a.2").await.unwrap();
+            let first = writer.put("a.3", "v2".into()).await.unwrap();
+            writer.put("c.9", "v1".into()).await.unwrap();
+            self.admin
+                .purge_below(self.bucket.stream_name(), first)
+                .await
+                .unwrap();
+        }
+        self.bucket.watch(scope, start).await
+    }
+
+    async fn retention(&self) -> Result<Retention, KvError> {
+        self.bucket.retention().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_whose_relist_floor_the_head_passed_is_repaired_again() {
+    let (live, store, before, _) = offline_purge_under_a_prefix("scopes-floor").await;
+    let scope = prefix("a.");
+    let watcher = PurgeBeforeStateSync {
+        bucket: live.bucket.clone(),
+        admin: live.admin.clone(),
+        relists: Arc::default(),
+    };
+    let app = App::resuming(&store);
+    let token = CancellationToken::new();
+    let config = AppliedConfig::new(scope.clone())
+        .store(store)
+        .shutdown(token.clone())
+        .scratch(live.scratch())
+        .on_expiry(OnExpiry::Repair(RepairMode::Relist));
+    let watch = AppliedWatch::new(watcher.clone(), config);
+    let node = harness::Node {
+        status: watch.status(),
+        task: tokio::spawn(watch.run(app.handlers())),
+        token,
+        log: Arc::default(),
+    };
+    // The hook writes three more (11..=13); the second relist's
+    // state-sync delivers the rewritten `a.3` (12).
+    let last_in_scope = live.stream_last().await + 2;
+    let store = run_to(node, last_in_scope).await;
+    assert!(
+        watcher.relists.load(Ordering::SeqCst) >= 3,
+        "listing, state-sync, then the repair's listing"
+    );
+    let fold = fold_of(&store);
+    assert!(
+        !fold.contains_key("a.2"),
+        "a prefix cannot wait for quiet: the floor overrun repairs at once: {fold:?}"
+    );
+    assert_eq!(out_of_scope(&fold, &scope), out_of_scope(&before, &scope));
+    let deletes: Vec<_> = app
+        .parsed()
+        .into_iter()
+        .filter(|op| matches!(op, Op::Delete(_, None)))
+        .collect();
+    assert_eq!(deletes, [repair_delete("a.1"), repair_delete("a.2")]);
+    assert_scope_converged(&live, &store, &app, &scope).await;
 }
