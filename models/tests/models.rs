@@ -267,6 +267,17 @@ fn a_live_state_sync_that_never_checks_gaps_skips_aged_out_values() {
 }
 
 #[test]
+fn a_recreated_bucket_is_relisted_then_restored_past_its_floor() {
+    assert_baseline(&watch("recreated-evicting", None));
+}
+
+#[test]
+fn trusting_the_cursor_above_a_relists_floor_keeps_an_old_incarnations_value() {
+    let outcome = watch("recreated-evicting", Some(WatchMutation::TrustAboveFloor));
+    assert_caught_by(&outcome, O1);
+}
+
+#[test]
 fn a_fresh_state_sync_that_crashes_leaves_no_floor_to_find_an_aged_out_value() {
     let outcome = check(
         WatchRepairModel {
@@ -392,5 +403,5 @@ fn every_tiny_row_passes_and_every_mutation_is_listed() {
         .iter()
         .filter(|r| matches!(r.kind, RunKind::Mutation(_)))
         .count();
-    assert_eq!(mutations, 22, "every mutation runs once");
+    assert_eq!(mutations, 23, "every mutation runs once");
 }

@@ -19,6 +19,7 @@ const EXPIRED: Prelude = Prelude {
     writes: &[PUT_A, PUT_B, PUT_B, PUT_A, PUT_B, PUT_B],
     applied: 2,
     artifact_at: None,
+    recreate: &[],
 };
 
 /// The node applied `a` (1) and `b` (2); `a` (3), `b` (4) and `b` (5)
@@ -28,6 +29,7 @@ const GAP: Prelude = Prelude {
     writes: &[PUT_A, PUT_B, PUT_A, PUT_B, PUT_B],
     applied: 2,
     artifact_at: None,
+    recreate: &[],
 };
 
 /// The node applied `b` (1) and `a` (2) and is down.
@@ -35,6 +37,7 @@ const DOWN: Prelude = Prelude {
     writes: &[PUT_B, PUT_A],
     applied: 2,
     artifact_at: None,
+    recreate: &[],
 };
 
 /// An artifact was published at 1 (`a`); the node applied 1, and `b` (2)
@@ -44,6 +47,7 @@ const BEHIND: Prelude = Prelude {
     writes: &[PUT_A, PUT_B, PUT_B],
     applied: 1,
     artifact_at: Some(1),
+    recreate: &[],
 };
 
 /// A fresh node (no cursor) and a bucket holding `a` (1): its state-sync
@@ -52,6 +56,23 @@ const FRESH: Prelude = Prelude {
     writes: &[PUT_A],
     applied: 0,
     artifact_at: None,
+    recreate: &[],
+};
+
+/// The node applied `a` (2) and `b` (3); the bucket was then recreated
+/// with `a` (1) and `b` (2), behind the cursor, so K3 notices: the relist
+/// (the new bucket has aged nothing out yet) keeps the fold's `a` at 2 from
+/// the old incarnation, since the new bucket lists `a`, and leaves the
+/// floor 1 in a cursor with no position (`restart_cursor`). If `a` at 1
+/// ages out before the state-sync delivers it, the state-sync's `b` at 2
+/// puts the cursor at the old entry's revision, above the floor; the floor
+/// overrun at `CaughtUp` restores, and only the trusted rank (0, below the
+/// floor) lets the artifact's `a` at 1 replace the old `a` at 2.
+const RECREATED: Prelude = Prelude {
+    writes: &[PUT_B, PUT_A, PUT_B],
+    applied: 3,
+    artifact_at: None,
+    recreate: &[PUT_A, PUT_B],
 };
 
 /// The bounds of one watch-and-repair configuration: writes, head
@@ -59,8 +80,9 @@ const FRESH: Prelude = Prelude {
 type Bounds = (u8, u8, u8, u8);
 
 /// Per depth: crashes, then the bounds of `relist-expired`, `relist-gap`,
-/// `purged-while-down`, `restore-behind` and `evicting-state-sync`.
-const fn watch_bounds(depth: Depth) -> (u8, [Bounds; 5]) {
+/// `purged-while-down`, `restore-behind`, `evicting-state-sync` and
+/// `recreated-evicting`.
+const fn watch_bounds(depth: Depth) -> (u8, [Bounds; 6]) {
     match depth {
         Depth::Tiny => (
             0,
@@ -70,6 +92,7 @@ const fn watch_bounds(depth: Depth) -> (u8, [Bounds; 5]) {
                 (1, 0, 1, 0),
                 (1, 0, 0, 1),
                 (2, 2, 0, 1),
+                (1, 1, 0, 1),
             ],
         ),
         Depth::Default => (
@@ -80,6 +103,7 @@ const fn watch_bounds(depth: Depth) -> (u8, [Bounds; 5]) {
                 (2, 0, 2, 0),
                 (2, 1, 0, 2),
                 (2, 2, 0, 1),
+                (2, 1, 0, 1),
             ],
         ),
         Depth::Deep => (
@@ -90,6 +114,7 @@ const fn watch_bounds(depth: Depth) -> (u8, [Bounds; 5]) {
                 (3, 0, 2, 0),
                 (3, 2, 0, 2),
                 (3, 2, 0, 1),
+                (2, 2, 0, 2),
             ],
         ),
     }
@@ -136,7 +161,7 @@ fn evicting_state_sync(depth: Depth) -> WatchRepairConfig {
 /// The watch-and-repair configurations and the mutations each must catch.
 #[must_use]
 pub fn watch_repair_configs(depth: Depth) -> Vec<(WatchRepairConfig, Vec<WatchMutation>)> {
-    let (crashes, [expired, gap, down, behind, _]) = watch_bounds(depth);
+    let (crashes, [expired, gap, down, behind, _, recreated]) = watch_bounds(depth);
     vec![
         (
             watch_config(
@@ -193,6 +218,20 @@ pub fn watch_repair_configs(depth: Depth) -> Vec<(WatchRepairConfig, Vec<WatchMu
         (
             evicting_state_sync(depth),
             vec![WatchMutation::NeverCheckGaps],
+        ),
+        (
+            WatchRepairConfig {
+                evicting: true,
+                mode: RepairMode::Auto,
+                ..watch_config(
+                    "recreated-evicting",
+                    RECREATED,
+                    recreated,
+                    crashes,
+                    &[Goal::RecreatedRestored],
+                )
+            },
+            vec![WatchMutation::TrustAboveFloor],
         ),
     ]
 }

@@ -11,8 +11,9 @@
 //! `slipstream_protocol`, with the inputs the engine gives it.
 //!
 //! Each run starts from a scripted [`Prelude`] (the bucket's history and
-//! how far the node had applied it), so the bounded exploration is spent on
-//! the interleavings around one repair rather than on reaching it.
+//! how far the node had applied it, perhaps then the bucket's recreation),
+//! so the bounded exploration is spent on the interleavings around one
+//! repair rather than on reaching it.
 
 mod model;
 mod node;
@@ -33,6 +34,9 @@ pub struct Prelude {
     pub applied: u64,
     /// An artifact's cursor, if one was published.
     pub artifact_at: Option<u64>,
+    /// If not empty, the bucket was then deleted and recreated with these
+    /// writes (R7): fewer than the cursor, so K3 notices.
+    pub recreate: &'static [(u8, WriteOp)],
 }
 
 /// A reachability goal: a repair path the unmutated model must complete.
@@ -56,6 +60,9 @@ pub enum Goal {
     /// A delivery's gap asked for a floor check (K17), the check ended the
     /// watch and the fold converged after the repair.
     FloorCheckRepaired,
+    /// K3 found the bucket recreated, a repair of the new incarnation ran,
+    /// then a restore, and the fold converged.
+    RecreatedRestored,
 }
 
 impl Goal {
@@ -68,6 +75,7 @@ impl Goal {
             Self::RestoreRefusedBehind => "a restore behind the cursor is refused",
             Self::RestoreConverges => "a gap repaired by a restore converges",
             Self::FloorCheckRepaired => "a gap's floor check ends the watch and is repaired",
+            Self::RecreatedRestored => "a recreated bucket is repaired, restored and converges",
         }
     }
 }
@@ -127,6 +135,9 @@ pub enum WatchMutation {
     RestoreWhenBehind,
     /// K14: `mass_delete_guard`'s verdict replaced by `Proceed`.
     MassDeleteNeverHolds,
+    /// K15: `trusted_rank` fed no unchecked floor: a repair trusts the
+    /// fold up to the applied cursor itself.
+    TrustAboveFloor,
 }
 
 impl WatchMutation {
@@ -143,6 +154,7 @@ impl WatchMutation {
             Self::CaughtUpAlwaysWatch => "CaughtUpAlwaysWatch",
             Self::RestoreWhenBehind => "RestoreWhenBehind",
             Self::MassDeleteNeverHolds => "MassDeleteNeverHolds",
+            Self::TrustAboveFloor => "TrustAboveFloor",
         }
     }
 }
@@ -250,6 +262,7 @@ const HELD: u16 = 32;
 const REFUSED_BEHIND: u16 = 64;
 const FLOOR_CHECKED: u16 = 128;
 const HEAD_PASSED: u16 = 256;
+const REPLACED: u16 = 512;
 
 /// Model-only bookkeeping the properties read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -265,6 +278,8 @@ pub struct Trace {
     /// Per key: its value left the bucket and no listing stood for the
     /// bucket since (a repair, a state-sync opening or catching up).
     left_unrepaired: [bool; KEYS],
+    /// The committed cursor names the bucket's old incarnation.
+    old_cursor: bool,
 }
 
 /// A state of the watch-and-repair model.

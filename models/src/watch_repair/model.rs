@@ -5,8 +5,8 @@ use stateright::{Model, Property};
 
 use super::{
     Durable, FLOOR_CHECKED, FLOOR_PASSED, GAP_DUE, Goal, HELD, Memory, NodePhase, REFUSED_BEHIND,
-    REPAIRED_RELIST, REPAIRED_RESTORE, SHORT_DUE, Snapshot, Trace, WatchAction, WatchMutation,
-    WatchRepairModel, WatchState,
+    REPAIRED_RELIST, REPAIRED_RESTORE, REPLACED, SHORT_DUE, Snapshot, Trace, WatchAction,
+    WatchMutation, WatchRepairModel, WatchState,
 };
 use crate::bucket::{AGEING, Bucket, KEYS, RETAINING, WriteOp};
 
@@ -41,9 +41,17 @@ impl WatchRepairModel {
             fold: fold_at(cursor),
             cursor,
         });
+        let fold = fold_at(prelude.applied);
+        let recreated = !prelude.recreate.is_empty();
+        if recreated {
+            bucket.recreate();
+            for &(key, op) in prelude.recreate {
+                bucket.write(key, op);
+            }
+        }
         WatchState {
             store: Durable {
-                fold: fold_at(prelude.applied),
+                fold,
                 applied: (prelude.applied > 0).then_some(prelude.applied),
                 floor: None,
                 repair_due: false,
@@ -59,7 +67,10 @@ impl WatchRepairModel {
             node: Memory::default(),
             phase: NodePhase::Down,
             override_next: false,
-            trace: Trace::default(),
+            trace: Trace {
+                old_cursor: recreated,
+                ..Trace::default()
+            },
         }
     }
 
@@ -99,6 +110,7 @@ impl WatchRepairModel {
             Goal::RestoreRefusedBehind => e & REFUSED_BEHIND != 0,
             Goal::RestoreConverges => e & REPAIRED_RESTORE != 0 && settled(),
             Goal::FloorCheckRepaired => e & FLOOR_CHECKED != 0 && settled(),
+            Goal::RecreatedRestored => e & REPLACED != 0 && e & REPAIRED_RESTORE != 0 && settled(),
         }
     }
 
@@ -106,7 +118,13 @@ impl WatchRepairModel {
         let c = &self.config;
         let mut n = s.clone();
         match action {
-            WatchAction::Write(key, op) if n.writes < c.writes => {
+            // The new incarnation stays behind an old cursor until the
+            // node notices (K3); past it is the identity check's job (R7).
+            WatchAction::Write(key, op)
+                if n.writes < c.writes
+                    && !(n.trace.old_cursor
+                        && n.store.applied.is_some_and(|r| n.bucket.last() + 1 >= r)) =>
+            {
                 n.bucket.write(key, op);
                 n.writes += 1;
             }
@@ -244,5 +262,6 @@ fn goal_property(goal: Goal) -> Property<WatchRepairModel> {
         Goal::RestoreRefusedBehind => reach!(Goal::RestoreRefusedBehind),
         Goal::RestoreConverges => reach!(Goal::RestoreConverges),
         Goal::FloorCheckRepaired => reach!(Goal::FloorCheckRepaired),
+        Goal::RecreatedRestored => reach!(Goal::RecreatedRestored),
     }
 }

@@ -18,8 +18,10 @@ use super::{
 /// Why a watch stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The cursor expired (K1, K3, a floor overrun).
+    /// The cursor expired (K1, a floor overrun).
     Expired,
+    /// The cursor is beyond the log (K3): the bucket was replaced (R7).
+    Replaced,
     /// A due repair may run: the bucket is quiet.
     RepairDue,
 }
@@ -98,8 +100,9 @@ impl WatchRepairModel {
             NextStart::AfterApplied => {
                 let rank = s.store.applied.unwrap_or(0);
                 let (first, last) = (s.bucket.first(), s.bucket.last());
-                if cursor_beyond_log(rank, last) || !resume_window_ok(rank, first) {
-                    self.repair(s);
+                let replaced = cursor_beyond_log(rank, last);
+                if replaced || !resume_window_ok(rank, first) {
+                    self.repair(s, replaced);
                     return true;
                 }
                 match resume_start_sequence(rank) {
@@ -176,7 +179,7 @@ impl WatchRepairModel {
             && gap_needs_floor_check(frontier, seq)
             && floor_verdict(frontier, s.bucket.first()) == FloorVerdict::Overrun
         {
-            self.repair(s);
+            self.repair(s, false);
             return true;
         }
         let action = if self.has(WatchMutation::NeverCheckGaps) {
@@ -262,7 +265,7 @@ impl WatchRepairModel {
     fn check(&self, s: &mut WatchState, w: &mut Watch, catching_up: bool) -> Option<End> {
         let (first, last) = (s.bucket.first(), s.bucket.last());
         if s.store.applied.is_some_and(|r| cursor_beyond_log(r, last)) {
-            return Some(End::Expired);
+            return Some(End::Replaced);
         }
         let reading = read_gap(s.bucket.eviction);
         if let Some(floor) = s.store.floor {
@@ -319,7 +322,8 @@ impl WatchRepairModel {
     /// expiry, needs message ages the model does not have.
     fn end(&self, s: &mut WatchState, end: End) {
         match end {
-            End::Expired | End::RepairDue => self.repair(s),
+            End::Expired | End::RepairDue => self.repair(s, false),
+            End::Replaced => self.repair(s, true),
         }
     }
 }

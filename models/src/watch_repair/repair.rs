@@ -10,7 +10,7 @@ use slipstream_protocol::{
 };
 
 use super::{
-    HELD, NodePhase, REFUSED_BEHIND, REPAIRED_RELIST, REPAIRED_RESTORE, WatchMutation,
+    HELD, NodePhase, REFUSED_BEHIND, REPAIRED_RELIST, REPAIRED_RESTORE, REPLACED, WatchMutation,
     WatchRepairModel, WatchState,
 };
 use crate::bucket::KEYS;
@@ -23,24 +23,27 @@ impl WatchRepairModel {
 
     /// The engine's `Repair::run` for any trigger: read retention, plan with
     /// K8, carry the plan out. Leaves the node opening its next watch, or
-    /// stopped.
-    pub(super) fn repair(&self, s: &mut WatchState) {
+    /// stopped. `replaced`: the cause replaces the bucket (K3, R7).
+    pub(super) fn repair(&self, s: &mut WatchState, replaced: bool) {
         if s.trace.unchanged_since_relist {
             s.trace.repeated = true;
         }
         s.trace.unchanged_since_relist = false;
+        if replaced {
+            s.trace.events |= REPLACED;
+        }
         Self::read(s);
         match plan_repair(self.config.mode, Some(Self::listing_truth(s))) {
-            RepairPlan::Relist => self.relist(s),
+            RepairPlan::Relist => self.relist(s, replaced),
             RepairPlan::RelistOnly => {
                 // Mode None accepts what a listing misses.
                 s.store.floor = None;
-                Self::floor_cursor(s);
+                Self::place_cursor(s, replaced);
                 s.node.relist_next = true;
                 Self::finish(s, REPAIRED_RELIST);
             }
             RepairPlan::RefuseRelist => s.phase = NodePhase::Failed,
-            RepairPlan::Restore => self.restore(s),
+            RepairPlan::Restore => self.restore(s, replaced),
         }
     }
 
@@ -50,7 +53,7 @@ impl WatchRepairModel {
         let has_data = s.store.fold.iter().any(Option::is_some);
         let truth = Self::listing_truth(s);
         if cursorless_start_needs_repair(self.config.mode, has_data, Some(truth)) {
-            self.repair(s);
+            self.repair(s, false);
             return;
         }
         Self::floor_cursor(s);
@@ -73,6 +76,28 @@ impl WatchRepairModel {
         let floor = s.bucket.first().saturating_sub(1);
         if floor > 0 && s.store.applied.is_none_or(|r| r < floor) {
             Self::commit_applied(s, Some(floor));
+        }
+    }
+
+    /// After a listing: `floor_cursor`, or on a replaced bucket the
+    /// engine's `restart_cursor` (no position in the new incarnation; the
+    /// relist's floor, already in its sequences, stays).
+    fn place_cursor(s: &mut WatchState, replaced: bool) {
+        if replaced {
+            s.store.applied = None;
+            s.trace.old_cursor = false;
+        } else {
+            Self::floor_cursor(s);
+        }
+    }
+
+    /// The trusted rank (K15), or the applied cursor itself under
+    /// `TrustAboveFloor`.
+    fn trusted(&self, s: &WatchState) -> Option<u64> {
+        if self.has(WatchMutation::TrustAboveFloor) {
+            trusted_rank(s.store.applied, None)
+        } else {
+            trusted_rank(s.store.applied, s.store.floor)
         }
     }
 
@@ -100,11 +125,13 @@ impl WatchRepairModel {
     /// R2 with K15: list the bucket (its retained message per key), delete
     /// the fold keys it lacks, and leave the floor the state-sync after it
     /// must reach.
-    fn relist(&self, s: &mut WatchState) {
+    fn relist(&self, s: &mut WatchState, replaced: bool) {
         let trusted = if self.has(WatchMutation::ListedPutsTrusted) {
             Some(u64::MAX)
+        } else if replaced {
+            None
         } else {
-            trusted_rank(s.store.applied, s.store.floor)
+            self.trusted(s)
         };
         let mut lowest_needed: Option<u64> = None;
         let mut highest: Option<u64> = None;
@@ -135,7 +162,7 @@ impl WatchRepairModel {
         s.node.relist_next = true;
         s.store.floor = floor;
         s.store.repair_due = false;
-        Self::floor_cursor(s);
+        Self::place_cursor(s, replaced);
         s.node.listed_through = Some(s.bucket.last());
         Self::finish(s, REPAIRED_RELIST);
         // Its state-sync delivers the listing again; nothing it finds there
@@ -147,12 +174,14 @@ impl WatchRepairModel {
     /// (a fold entry ranks by its revision only up to the trusted rank),
     /// K14 on the deletions; the cursor moves to the artifact's, with an
     /// empty memo, and the next watch is a delta.
-    fn restore(&self, s: &mut WatchState) {
+    fn restore(&self, s: &mut WatchState, replaced: bool) {
         let Some(artifact) = s.artifact else {
             s.phase = NodePhase::Failed;
             return;
         };
-        let local = if self.has(WatchMutation::RestoreWhenBehind) {
+        // A recreated bucket's revisions restart: every artifact key is
+        // newer than the fold's.
+        let local = if self.has(WatchMutation::RestoreWhenBehind) || replaced {
             0
         } else {
             s.store.applied.unwrap_or(0)
@@ -165,7 +194,12 @@ impl WatchRepairModel {
             s.phase = NodePhase::Failed;
             return;
         }
-        let trusted = trusted_rank(s.store.applied, s.store.floor);
+        // A fold without a revision may hold another incarnation's entries.
+        let trusted = if replaced || s.store.applied.is_none() {
+            None
+        } else {
+            self.trusted(s)
+        };
         let mut next = s.store.fold;
         let mut deletions = 0u64;
         for (k, entry) in next.iter_mut().enumerate() {
@@ -190,6 +224,11 @@ impl WatchRepairModel {
             return;
         }
         s.store.fold = next;
+        if replaced {
+            // A position in the new incarnation: no regression of the old.
+            s.store.applied = None;
+            s.trace.old_cursor = false;
+        }
         Self::commit_applied(s, Some(artifact.cursor));
         s.store.floor = None;
         s.store.repair_due = false;
