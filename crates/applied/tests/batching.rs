@@ -9,22 +9,14 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{App, DEADLINE, ScriptedWatcher, delete, put, yield_until};
+use common::node::{bucket, wait_status};
+use common::{App, ScriptedWatcher, delete, put, yield_until};
 use slipstream_applied::{
     AppliedConfig, AppliedWatch, BatchPolicy, Phase, StopReason, WatchStatus,
 };
-use slipstream_kv::{Connection, KvError, KvStore, KvWriter, WatchCursor, WatchEvent, WatchScope};
-use slipstream_memory::{MemoryServer, MemoryStore};
-use tokio::time::timeout;
+use slipstream_kv::{KvError, KvStore, KvWriter, WatchCursor, WatchEvent, WatchScope};
+use slipstream_memory::MemoryStore;
 use tokio_util::sync::CancellationToken;
-
-async fn bucket() -> (MemoryServer, MemoryStore) {
-    let server = MemoryServer::new();
-    let conn = server.connection();
-    conn.connect().await.unwrap();
-    let store = conn.store("cfg").await.unwrap();
-    (server, store)
-}
 
 async fn put_n(store: &MemoryStore, n: usize) {
     for i in 0..n {
@@ -34,17 +26,6 @@ async fn put_n(store: &MemoryStore, n: usize) {
             .await
             .unwrap();
     }
-}
-
-async fn wait_status(
-    rx: &mut slipstream_applied::StatusReceiver,
-    f: impl FnMut(&WatchStatus) -> bool,
-) -> WatchStatus {
-    timeout(DEADLINE, rx.wait_for(f))
-        .await
-        .expect("status deadline")
-        .expect("status sender alive")
-        .clone()
 }
 
 fn batch(window_ms: u64, max: usize) -> BatchPolicy {

@@ -87,6 +87,8 @@ async fn a_purge_between_a_relist_listing_and_its_state_sync_is_repaired_again()
     let hook = Hook::PurgeBeforeRelist {
         n: 2,
         server: keep.server.clone(),
+        delete: "c",
+        rewrite: &["b", "d", "e"],
     };
     let run = start(Hooked::new(&kv, hook), store, &app, |c| c);
     // The hook's four writes follow `last`.

@@ -9,20 +9,17 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::node::{
     Fold, bucket, bucket_with, export_from, in_scope, out_of_scope, plain, put, run_to,
     run_to_error, start_scoped, synced_scoped, truth,
 };
+use common::watchers::{Hook, Hooked};
 use common::{App, fold_of};
 use slipstream_applied::{AppliedError, LocalArtifacts, OnExpiry, RepairMode};
-use slipstream_kv::{
-    ExpiryReason, KvError, KvStore, KvWatcher, KvWriter, Retention, StoreConfig, WatchScope,
-    WatchStart,
-};
-use slipstream_memory::{ManualClock, MemoryServer, MemoryStore, MemoryWatch};
+use slipstream_kv::{ExpiryReason, KvStore, KvWatcher, KvWriter, StoreConfig, WatchScope};
+use slipstream_memory::{ManualClock, MemoryServer, MemoryStore};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const MINUTE: Duration = Duration::from_secs(60);
@@ -183,47 +180,22 @@ async fn a_restore_of_a_prefix_takes_only_the_artifacts_keys_in_scope() {
     );
 }
 
-/// Before the `n`th state-sync watch (the one after the relist's listing),
-/// deletes `a.2`, which the listing saw live and the fold holds, and
-/// purges the stream past the delete: the state-sync cannot deliver it.
-struct PurgeBeforeStateSync {
-    inner: MemoryStore,
-    server: MemoryServer,
-    relists: AtomicUsize,
-    n: usize,
-}
-
-impl KvWatcher for PurgeBeforeStateSync {
-    type WatchStream = MemoryWatch;
-
-    async fn watch(&self, scope: &WatchScope, start: WatchStart) -> Result<MemoryWatch, KvError> {
-        if start == WatchStart::Relist && self.relists.fetch_add(1, Ordering::SeqCst) + 1 == self.n
-        {
-            self.inner.writer().delete("a.2").await.unwrap(); // 11
-            let first = put(&self.inner, "a.3", "v2").await; // 12
-            put(&self.inner, "c.9", "v1").await; // 13
-            self.server.bucket("cfg").purge_below(first).unwrap();
-        }
-        self.inner.watch(scope, start).await
-    }
-
-    async fn retention(&self) -> Result<Retention, KvError> {
-        self.inner.retention().await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_prefix_whose_relist_floor_the_head_passed_is_repaired_again() {
     let (server, kv) = bucket().await;
     let dir = tempfile::tempdir().unwrap();
     let (store, _, before) = offline_purge_under_a_prefix(&server, &kv, dir.path()).await;
     let scope = prefix("a.");
-    let watcher = PurgeBeforeStateSync {
-        inner: kv.clone(),
-        server: server.clone(),
-        relists: AtomicUsize::new(0),
+    // Between the listing and its state-sync: `a.2`, which the listing saw
+    // live and the fold holds, is deleted (11), `a.3` rewritten (12), `c.9`
+    // written (13), and the stream purged below 12.
+    let hook = Hook::PurgeBeforeRelist {
         n: 2,
+        server: server.clone(),
+        delete: "a.2",
+        rewrite: &["a.3", "c.9"],
     };
+    let watcher = Hooked::new(&kv, hook);
     let app = App::new();
     let run = start_scoped(watcher, store, &app, scope.clone(), relisting());
     // The second relist's state-sync delivers `a.3` (12).

@@ -9,26 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::node::{Running, bucket, truth, wait_status};
 use common::{App, DEADLINE, FaultPlan, FaultStore, fold_of, open_store, yield_until};
 use slipstream_applied::{
-    AppliedConfig, AppliedError, AppliedWatch, BatchPolicy, OnExpiry, Phase, StatusReceiver,
-    Timeouts, WatchStatus, export_channel,
+    AppliedConfig, AppliedError, AppliedWatch, BatchPolicy, OnExpiry, Phase, Timeouts, WatchStatus,
+    export_channel,
 };
 use slipstream_kv::{
-    Connection, ExpiryReason, KvReader, KvStore, KvWriter, StoreConfig, WatchCursor, WatchScope,
+    Connection, ExpiryReason, KvStore, KvWriter, StoreConfig, WatchCursor, WatchScope,
 };
 use slipstream_memory::{MemoryServer, MemoryStore};
 use slipstream_snapshot::SnapshotStore;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-
-async fn bucket() -> (MemoryServer, MemoryStore) {
-    let server = MemoryServer::new();
-    let conn = server.connection();
-    conn.connect().await.unwrap();
-    let store = conn.store("cfg").await.unwrap();
-    (server, store)
-}
 
 async fn put_n(kv: &MemoryStore, from: usize, n: usize) {
     for i in from..from + n {
@@ -39,50 +32,14 @@ async fn put_n(kv: &MemoryStore, from: usize, n: usize) {
     }
 }
 
-async fn wait_status(rx: &mut StatusReceiver, f: impl FnMut(&WatchStatus) -> bool) -> WatchStatus {
-    timeout(DEADLINE, rx.wait_for(f))
-        .await
-        .expect("status deadline")
-        .expect("status sender alive")
-        .clone()
-}
-
-/// The bucket's live entries: key -> (value, revision).
-async fn truth(kv: &MemoryStore) -> std::collections::BTreeMap<String, (Bytes, Option<u64>)> {
-    kv.scan("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.key, (e.value, e.version.as_u64())))
-        .collect()
-}
-
-struct Running {
-    task: tokio::task::JoinHandle<slipstream_applied::Finished<FaultStore>>,
-    status: StatusReceiver,
-    token: CancellationToken,
-}
-
+/// Start a node watching the whole bucket on `store`.
 fn start(
     kv: &MemoryStore,
     store: FaultStore,
     app: &App,
-    tune: impl FnOnce(AppliedConfig<FaultStore>) -> AppliedConfig<FaultStore>,
+    tune: impl FnOnce(AppliedConfig<FaultStore>) -> AppliedConfig<FaultStore> + 'static,
 ) -> Running {
-    let token = CancellationToken::new();
-    let config = tune(
-        AppliedConfig::new(WatchScope::All)
-            .store(store)
-            .shutdown(token.clone()),
-    );
-    let watch = AppliedWatch::new(kv.watcher(), config);
-    let status = watch.status();
-    let task = tokio::spawn(watch.run(app.handlers()));
-    Running {
-        task,
-        status,
-        token,
-    }
+    common::node::start(kv.watcher(), store, app, tune)
 }
 
 #[tokio::test(start_paused = true)]

@@ -12,16 +12,15 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::node::{Running, wait_status};
 use common::{App, DEADLINE, FaultPlan, FaultStore, open_store};
-use slipstream_applied::{AppliedConfig, AppliedWatch, StatusReceiver, WatchStatus};
+use slipstream_applied::WatchStatus;
 use slipstream_kv::{
     Connection, KvEntry, KvStore, KvTtl, KvUpdate, KvWriter, MessageTtl, StoreConfig, VersionToken,
-    WatchCursor, WatchScope,
+    WatchCursor,
 };
 use slipstream_memory::{MemoryServer, MemoryStore};
 use slipstream_snapshot::SnapshotStore;
-use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -48,43 +47,11 @@ async fn lease_and_route(kv: &MemoryStore) -> u64 {
     rev
 }
 
-async fn wait_status(rx: &mut StatusReceiver, f: impl FnMut(&WatchStatus) -> bool) -> WatchStatus {
-    timeout(DEADLINE, rx.wait_for(f))
-        .await
-        .expect("status deadline")
-        .expect("status sender alive")
-        .clone()
-}
-
-struct Running {
-    task: tokio::task::JoinHandle<slipstream_applied::Finished<FaultStore>>,
-    status: StatusReceiver,
-    token: CancellationToken,
-}
-
+/// A node on `store` reporting its status every 50 ms.
 fn start(kv: &MemoryStore, store: FaultStore, app: &App) -> Running {
-    let token = CancellationToken::new();
-    let config = AppliedConfig::new(WatchScope::All)
-        .store(store)
-        .status_interval(Duration::from_millis(50))
-        .shutdown(token.clone());
-    let watch = AppliedWatch::new(kv.watcher(), config);
-    let status = watch.status();
-    let task = tokio::spawn(watch.run(app.handlers()));
-    Running {
-        task,
-        status,
-        token,
-    }
-}
-
-impl Running {
-    async fn stop(self) -> FaultStore {
-        self.token.cancel();
-        let finished = timeout(DEADLINE, self.task).await.unwrap().unwrap();
-        finished.result.unwrap();
-        finished.store.unwrap()
-    }
+    common::node::start(kv.watcher(), store, app, |c| {
+        c.status_interval(Duration::from_millis(50))
+    })
 }
 
 /// Wait, against a deadline, until the application's fold satisfies `f`.

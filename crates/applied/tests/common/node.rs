@@ -105,6 +105,16 @@ pub struct Running {
     pub token: CancellationToken,
 }
 
+impl Running {
+    /// Stop the node; it must stop cleanly. Hands the store back.
+    pub async fn stop(self) -> FaultStore {
+        self.token.cancel();
+        let finished = timeout(DEADLINE, self.task).await.unwrap().unwrap();
+        finished.result.expect("clean stop");
+        finished.store.unwrap()
+    }
+}
+
 /// Start a node watching `scope` on `store`.
 pub fn start_scoped<W: KvWatcher + 'static>(
     watcher: W,

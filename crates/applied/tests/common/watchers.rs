@@ -29,10 +29,16 @@ pub enum Hook {
         server: MemoryServer,
         key: &'static str,
     },
-    /// Right before the `n`th state-sync watch opens, delete `c`, rewrite
-    /// `b`, `d` and `e`, and purge the stream up to the first rewrite: the
-    /// delete marker goes, and so does every put a listing saw.
-    PurgeBeforeRelist { n: usize, server: MemoryServer },
+    /// Right before the `n`th state-sync watch opens, delete `delete`,
+    /// write each of `rewrite`, and purge the stream up to the first of
+    /// those writes: the delete marker goes, and so does every put a
+    /// listing saw before it.
+    PurgeBeforeRelist {
+        n: usize,
+        server: MemoryServer,
+        delete: &'static str,
+        rewrite: &'static [&'static str],
+    },
     /// Rewrite `key` right after the `n`th state-sync watch opened: the
     /// message of `key` it was created over goes before it is delivered.
     RewriteAfterOpen { n: usize, key: &'static str },
@@ -100,12 +106,21 @@ impl KvWatcher for Hooked {
                     let kv = bucket_with(server, StoreConfig::new("cfg")).await;
                     put(&kv, key, "third").await;
                 }
-                Hook::PurgeBeforeRelist { n, ref server } if n == nth => {
-                    self.inner.writer().delete("c").await.unwrap();
-                    let first = put(&self.inner, "b", "v4").await;
-                    put(&self.inner, "d", "v3").await;
-                    put(&self.inner, "e", "v2").await;
-                    server.bucket("cfg").purge_below(first).unwrap();
+                Hook::PurgeBeforeRelist {
+                    n,
+                    ref server,
+                    delete,
+                    rewrite,
+                } if n == nth => {
+                    self.inner.writer().delete(delete).await.unwrap();
+                    let mut first = None;
+                    for key in rewrite {
+                        let revision = put(&self.inner, key, "hooked").await;
+                        first.get_or_insert(revision);
+                    }
+                    if let Some(first) = first {
+                        server.bucket("cfg").purge_below(first).unwrap();
+                    }
                 }
                 Hook::FailListing => {
                     return Err(KvError::BucketNotFound {
